@@ -1,0 +1,7 @@
+"""Offline zero-shot image classification with class names from classes.json.
+
+The runtime imports numpy, onnxruntime, Pillow and sentencepiece only; every
+model-specific constant comes from the model folder's manifest.json.
+"""
+
+__version__ = "0.1.0"

@@ -1,0 +1,108 @@
+"""The contest metric: mean over datasets of accuracy x 100.
+
+Usage: ``python -m zeroshot.evaluate GT_JSON PRED_JSON [--strict] [--json OUT]``.
+Prints per-dataset accuracy and the score to stdout. An image missing from
+the predictions counts as wrong; with ``--strict`` missing or extra ids (or
+datasets) make the command fail.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Dict, List, Optional
+
+from .outputs import Predictions, read_predictions, write_json_atomic
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass
+class DatasetScore:
+    """Accuracy of one dataset and the ids that did not line up."""
+
+    name: str
+    total: int
+    correct: int
+    missing: List[str] = field(default_factory=list)
+    extra: List[str] = field(default_factory=list)
+
+    @property
+    def accuracy(self) -> float:
+        return self.correct / self.total if self.total else 0.0
+
+
+@dataclass
+class Report:
+    """Per-dataset scores and the contest score (mean accuracy x 100)."""
+
+    datasets: List[DatasetScore]
+    extra_datasets: List[str]
+
+    @property
+    def score(self) -> float:
+        if not self.datasets:
+            return 0.0
+        return 100.0 * sum(d.accuracy for d in self.datasets) / len(self.datasets)
+
+    def clean(self) -> bool:
+        """True when predictions and ground truth have exactly the same datasets and ids."""
+        return not self.extra_datasets and all(not d.missing and not d.extra for d in self.datasets)
+
+
+def evaluate(gt: Predictions, pred: Predictions) -> Report:
+    """Score ``pred`` against ``gt``; missing predictions count as wrong."""
+    scores: List[DatasetScore] = []
+    for name in sorted(gt):
+        truth, guess = gt[name], pred.get(name, {})
+        correct = sum(1 for key, label in truth.items() if guess.get(key) == label)
+        missing = sorted(k for k in truth if k not in guess)
+        extra = sorted(k for k in guess if k not in truth)
+        scores.append(DatasetScore(name, len(truth), correct, missing, extra))
+    return Report(scores, sorted(set(pred) - set(gt)))
+
+
+def format_report(report: Report) -> str:
+    """A small table: dataset, images, accuracy x 100, missing, extra; then the score."""
+    lines = [f"{'dataset':<24} {'images':>7} {'accuracy':>9} {'missing':>8} {'extra':>6}"]
+    for d in report.datasets:
+        lines.append(f"{d.name:<24} {d.total:>7} {100 * d.accuracy:>9.2f} {len(d.missing):>8} {len(d.extra):>6}")
+    for name in report.extra_datasets:
+        lines.append(f"{name:<24} {'-':>7} {'-':>9} {'-':>8} {'(not in ground truth)'}")
+    lines.append(f"score (mean accuracy x 100): {report.score:.2f}")
+    return "\n".join(lines)
+
+
+def report_dict(report: Report) -> Dict[str, object]:
+    """JSON-ready form of a report."""
+    return {"score": report.score, "extra_datasets": report.extra_datasets,
+            "datasets": [dict(asdict(d), accuracy=d.accuracy) for d in report.datasets]}
+
+
+def main(argv: Optional[List[str]] = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m zeroshot.evaluate", description=__doc__.split("\n")[0])
+    parser.add_argument("gt", type=Path, help="ground truth JSON in the judge's format")
+    parser.add_argument("pred", type=Path, help="predictions JSON written by predict.sh")
+    parser.add_argument("--strict", action="store_true", help="fail on missing or extra datasets or ids")
+    parser.add_argument("--json", type=Path, default=None, help="also write the report as JSON here")
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s", stream=sys.stderr)
+    try:
+        report = evaluate(read_predictions(args.gt), read_predictions(args.pred))
+    except (FileNotFoundError, ValueError) as exc:
+        logger.error("%s", exc)
+        return 2
+    sys.stdout.write(format_report(report) + "\n")
+    if args.json is not None:
+        write_json_atomic(args.json, report_dict(report))
+    if args.strict and not report.clean():
+        logger.error("predictions and ground truth differ in datasets or ids (--strict)")
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,116 @@
+"""Image decoding and preprocessing, written once (CONVENTIONS.md 4).
+
+:func:`load_image` turns any file into an RGB ``PIL.Image`` (EXIF orientation
+applied, alpha composited on white, 16-bit and float modes rescaled, JPEG
+decoded at reduced size through draft mode) or raises ``ImageError`` naming
+the file. :func:`preprocess` turns an RGB image into the float32 CHW array an
+image encoder takes, configured by the manifest's ``image`` section. The same
+functions serve prediction, evaluation and the exporters' checks.
+"""
+
+from __future__ import annotations
+
+import logging
+import warnings
+from pathlib import Path
+from typing import Any, Dict, Tuple
+
+import numpy as np
+from PIL import Image, ImageOps
+
+logger = logging.getLogger(__name__)
+
+# Pillow's own decompression-bomb guard raises on large but honest images; we
+# enforce our own limit on what is actually decoded (after JPEG draft mode).
+Image.MAX_IMAGE_PIXELS = None
+MAX_DECODE_PIXELS = 64_000_000
+
+_RESAMPLE = {
+    "nearest": Image.NEAREST,
+    "bilinear": Image.BILINEAR,
+    "bicubic": Image.BICUBIC,
+    "lanczos": Image.LANCZOS,
+}
+
+
+class ImageError(Exception):
+    """An image file that cannot be decoded; the message names the file."""
+
+
+def _to_rgb(img: Image.Image) -> Image.Image:
+    """Convert any Pillow mode to RGB: alpha on white, 16-bit/float rescaled to 8 bits."""
+    if img.mode == "RGB":
+        return img
+    if img.mode in ("I;16", "I;16B", "I;16L", "I;16N"):
+        img = img.convert("I")
+    if img.mode == "I":
+        return img.point(lambda v: v * (1.0 / 256.0)).convert("L").convert("RGB")
+    if img.mode == "F":
+        arr = np.asarray(img, dtype=np.float32)
+        top = float(arr.max()) if arr.size else 1.0
+        scale = 255.0 if top <= 1.0 else (255.0 / 65535.0 if top > 255.0 else 1.0)
+        return Image.fromarray(np.clip(arr * scale, 0, 255).astype(np.uint8), "L").convert("RGB")
+    if img.mode == "P" and "transparency" in img.info:
+        img = img.convert("RGBA")
+    if img.mode in ("RGBA", "LA", "PA", "RGBa", "La"):
+        rgba = img.convert("RGBA")
+        background = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
+        return Image.alpha_composite(background, rgba).convert("RGB")
+    return img.convert("RGB")
+
+
+def load_image(path: Path, target: int) -> Image.Image:
+    """Decode ``path`` into an RGB image whose shorter side is about >= ``target``.
+
+    JPEGs are decoded through draft mode at the smallest DCT scale that keeps
+    both sides >= ``target``; the first frame of an animation is used. Raises
+    ImageError (with the path and the reason) for anything that cannot be
+    decoded or would need more than MAX_DECODE_PIXELS pixels.
+    """
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            with Image.open(path) as img:
+                if img.format == "JPEG":
+                    img.draft("RGB", (target, target))
+                width, height = img.size
+                if width * height > MAX_DECODE_PIXELS:
+                    raise ImageError(f"{path}: {width}x{height} {img.format} image is too large to decode "
+                                     f"safely (limit {MAX_DECODE_PIXELS} pixels)")
+                img.load()
+                img = ImageOps.exif_transpose(img)
+                return _to_rgb(img)
+    except ImageError:
+        raise
+    except Exception as exc:  # Pillow raises many types for broken files
+        raise ImageError(f"{path}: cannot decode image: {type(exc).__name__}: {exc}") from exc
+
+
+def crop_box(width: int, height: int, resize: str) -> Tuple[float, float, float, float]:
+    """Source box that one resize to a square maps onto the output.
+
+    ``center_crop``: the central square of the shorter side (resize the shorter
+    side, then center-crop). ``squash``: the whole image, aspect not kept.
+    """
+    if resize == "squash":
+        return (0.0, 0.0, float(width), float(height))
+    side = float(min(width, height))
+    left = (width - side) / 2.0
+    top = (height - side) / 2.0
+    return (left, top, left + side, top + side)
+
+
+def preprocess(img: Image.Image, cfg: Dict[str, Any], size: int) -> np.ndarray:
+    """RGB image -> float32 array of shape (3, size, size).
+
+    ``cfg`` is the manifest's ``image`` section (resize, interpolation, mean,
+    std in 0..1 units); ``size`` is the side length (image.size, or
+    image.fast_size on the cheap path). Resize and crop are one PIL resize.
+    """
+    box = crop_box(img.width, img.height, cfg["resize"])
+    resized = img.resize((size, size), _RESAMPLE[cfg["interpolation"]], box=box, reducing_gap=3.0)
+    arr = np.asarray(resized, dtype=np.float32)
+    mean = np.asarray(cfg["mean"], dtype=np.float32) * 255.0
+    inv_std = 1.0 / (np.asarray(cfg["std"], dtype=np.float32) * 255.0)
+    arr = (arr - mean) * inv_std
+    return np.ascontiguousarray(arr.transpose(2, 0, 1))

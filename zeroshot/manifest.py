@@ -1,0 +1,156 @@
+"""Reading and validating ``model/manifest.json``.
+
+The manifest holds every model-specific constant the runtime needs (see
+CONVENTIONS.md 1): file names with sha256, ONNX input/output names, the image
+preprocessing, the tokenizer, prompt templates, how scores are formed and the
+transductive balancing. The exporters in ``train/`` write it; the runtime only
+reads it, through :func:`load_manifest`.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+from pathlib import Path
+from typing import Any, Dict, Optional
+
+logger = logging.getLogger(__name__)
+
+MANIFEST_NAME = "manifest.json"
+FORMAT_VERSION = 1
+FILE_KEYS = ("image_encoder", "text_encoder", "tokenizer")
+RESIZE_MODES = ("center_crop", "squash")
+INTERPOLATIONS = ("nearest", "bilinear", "bicubic", "lanczos")
+SIMILARITIES = ("dot", "cosine")
+LOGIT_KINDS = ("linear", "log")
+TEXT_NORMALIZERS = ("strip", "collapse_spaces", "lowercase", "yo", "trailing_punct")
+
+
+def sha256_file(path: Path, chunk: int = 1 << 20) -> str:
+    """Hex sha256 of a file, read in ``chunk``-byte pieces."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for block in iter(lambda: handle.read(chunk), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def _require(cond: bool, manifest_path: Path, what: str) -> None:
+    """Raise a ValueError naming the manifest and the broken field."""
+    if not cond:
+        raise ValueError(f"{manifest_path}: invalid manifest: {what}")
+
+
+def _check_image(section: Dict[str, Any], path: Path) -> None:
+    _require(isinstance(section.get("input"), str), path, "image.input must be a string")
+    _require(isinstance(section.get("output"), str), path, "image.output must be a string")
+    size = section.get("size")
+    _require(isinstance(size, int) and size > 0, path, "image.size must be a positive integer")
+    fast = section.get("fast_size")
+    _require(fast is None or (isinstance(fast, int) and 0 < fast <= size), path,
+             "image.fast_size must be null or an integer in 1..image.size")
+    _require(section.get("resize") in RESIZE_MODES, path, f"image.resize must be one of {RESIZE_MODES}")
+    _require(section.get("interpolation") in INTERPOLATIONS, path,
+             f"image.interpolation must be one of {INTERPOLATIONS}")
+    for key in ("mean", "std"):
+        vals = section.get(key)
+        _require(isinstance(vals, list) and len(vals) == 3 and all(isinstance(v, (int, float)) for v in vals),
+                 path, f"image.{key} must be a list of 3 numbers")
+    _require(all(v > 0 for v in section["std"]), path, "image.std must be positive")
+
+
+def _check_text(section: Dict[str, Any], path: Path) -> None:
+    _require(isinstance(section.get("input_ids"), str), path, "text.input_ids must be a string")
+    mask = section.get("attention_mask")
+    _require(mask is None or isinstance(mask, str), path, "text.attention_mask must be null or a string")
+    _require(isinstance(section.get("output"), str), path, "text.output must be a string")
+    tok = section.get("tokenizer")
+    _require(isinstance(tok, dict), path, "text.tokenizer must be an object")
+    _require(tok.get("type") == "sentencepiece", path, "text.tokenizer.type must be 'sentencepiece'")
+    for key in ("bos_id", "eos_id", "pad_id"):
+        _require(tok.get(key) is None or isinstance(tok.get(key), int), path,
+                 f"text.tokenizer.{key} must be null or an integer")
+    ctx = tok.get("context_length")
+    _require(ctx is None or (isinstance(ctx, int) and ctx > 1), path,
+             "text.tokenizer.context_length must be null or an integer > 1")
+    norm = section.get("normalize", [])
+    _require(isinstance(norm, list) and all(n in TEXT_NORMALIZERS for n in norm), path,
+             f"text.normalize must be a list drawn from {TEXT_NORMALIZERS}")
+    templates = section.get("templates")
+    _require(isinstance(templates, list) and templates
+             and all(isinstance(t, str) and "{}" in t for t in templates), path,
+             "text.templates must be a non-empty list of strings containing '{}'")
+
+
+def _check_score(section: Dict[str, Any], path: Path) -> None:
+    _require(section.get("similarity") in SIMILARITIES, path, f"score.similarity must be one of {SIMILARITIES}")
+    _require(section.get("logit") in LOGIT_KINDS, path, f"score.logit must be one of {LOGIT_KINDS}")
+    scale = section.get("scale")
+    _require(isinstance(scale, (int, float)) and scale > 0, path, "score.scale must be a positive number")
+
+
+def _check_balance(section: Optional[Dict[str, Any]], path: Path) -> None:
+    if section is None:
+        return
+    _require(section.get("method") == "sinkhorn", path, "balance.method must be 'sinkhorn'")
+    iters = section.get("iterations")
+    _require(isinstance(iters, int) and iters >= 0, path, "balance.iterations must be an integer >= 0")
+    mpc = section.get("min_images_per_class", 0)
+    _require(isinstance(mpc, (int, float)) and mpc >= 0, path, "balance.min_images_per_class must be >= 0")
+
+
+def validate_manifest(manifest: Dict[str, Any], path: Path) -> None:
+    """Check the manifest's structure; raise ValueError naming the first problem."""
+    _require(isinstance(manifest, dict), path, "top level must be an object")
+    _require(manifest.get("format_version") == FORMAT_VERSION, path,
+             f"format_version must be {FORMAT_VERSION}")
+    files = manifest.get("files")
+    _require(isinstance(files, dict), path, "files must be an object")
+    for key in FILE_KEYS:
+        entry = files.get(key)
+        _require(isinstance(entry, dict) and isinstance(entry.get("path"), str)
+                 and isinstance(entry.get("sha256"), str), path,
+                 f"files.{key} must have 'path' and 'sha256'")
+    for key in ("image", "text", "score"):
+        _require(isinstance(manifest.get(key), dict), path, f"{key} must be an object")
+    _check_image(manifest["image"], path)
+    _check_text(manifest["text"], path)
+    _check_score(manifest["score"], path)
+    _check_balance(manifest.get("balance"), path)
+    batch = manifest.get("batch_size", 16)
+    _require(isinstance(batch, int) and batch > 0, path, "batch_size must be a positive integer")
+
+
+def resolve_file(manifest: Dict[str, Any], model_dir: Path, key: str, verify: bool = True) -> Path:
+    """Path of the model file ``files[key]``, checked to exist and match its sha256.
+
+    Raises FileNotFoundError or ValueError naming the path and the expected hash.
+    """
+    entry = manifest["files"][key]
+    path = model_dir / entry["path"]
+    expected = entry["sha256"]
+    if not path.is_file():
+        raise FileNotFoundError(f"{path}: model file '{key}' is missing (expected sha256 {expected})")
+    if verify:
+        actual = sha256_file(path)
+        if actual != expected:
+            raise ValueError(f"{path}: model file '{key}' is corrupt: sha256 {actual}, expected {expected}")
+    return path
+
+
+def load_manifest(model_dir: Path) -> Dict[str, Any]:
+    """Read and validate ``model_dir/manifest.json``.
+
+    Raises FileNotFoundError if it is missing and ValueError if it is malformed.
+    """
+    path = Path(model_dir) / MANIFEST_NAME
+    if not path.is_file():
+        raise FileNotFoundError(f"{path}: model manifest not found (build the default model with 'make model' "
+                                "or pass --model DIR)")
+    try:
+        manifest = json.loads(path.read_text(encoding="utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise ValueError(f"{path}: manifest is not valid UTF-8 JSON: {exc}") from exc
+    validate_manifest(manifest, path)
+    return manifest
