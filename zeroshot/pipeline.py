@@ -90,6 +90,8 @@ def predict_dataset(ds: Dataset, model: Model, budget: Budget, pool: ThreadPoolE
     """Predict one dataset; never raises for a bad image."""
     started = time.monotonic()
     n, problems = len(ds.images), list(ds.problems)
+    for problem in problems:
+        logger.warning("%s", problem)
     if n == 0 or len(ds.classes) == 1:
         budget.record(PRIOR, n, 0.0)
         return DatasetResult(ds.name, {i: 0 for i in ds.ids}, time.monotonic() - started, problems, {PRIOR: n})
