@@ -133,6 +133,8 @@ def build_tiny_model(out_dir: Path, seed: int = 0, overrides: Optional[Dict[str,
                  "templates": ["{}", "фото: {}"]},
         "score": {"similarity": "cosine", "logit": "linear", "scale": 10.0},
         "balance": {"method": "sinkhorn", "iterations": 3, "min_images_per_class": 2},
+        "transductive": {"method": "prototypes", "iterations": 2, "weight": 1.0, "scale": 10.0, "center": True,
+                         "min_images_per_class": 2},
     }
     sections.update(overrides or {})
     files = {"image_encoder": "image_encoder.onnx", "text_encoder": "text_encoder.onnx",

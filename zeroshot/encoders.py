@@ -10,7 +10,7 @@ from __future__ import annotations
 import logging
 import os
 from pathlib import Path
-from typing import Any, Dict, List, Optional, Sequence
+from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 
@@ -68,7 +68,10 @@ class Model:
         self.text_cfg: Dict[str, Any] = self.manifest["text"]
         self.tokenizer = Tokenizer(tok_path, self.text_cfg["tokenizer"])
         self._image = make_session(img_path, self.threads)
-        _check_io(self._image, img_path, [self.image_cfg["input"]], self.image_cfg["output"])
+        self._image_outputs = [self.image_cfg["output"]] + ([self.image_cfg["features_output"]]
+                                                           if self.image_cfg.get("features_output") else [])
+        for name in self._image_outputs:
+            _check_io(self._image, img_path, [self.image_cfg["input"]], name)
         self._text = make_session(txt_path, self.threads)
         text_inputs = [self.text_cfg["input_ids"]] + ([self.text_cfg["attention_mask"]]
                                                      if self.text_cfg.get("attention_mask") else [])
@@ -78,11 +81,16 @@ class Model:
     def batch_size(self) -> int:
         return int(self.manifest.get("batch_size", 16))
 
-    def encode_images(self, pixels: np.ndarray) -> np.ndarray:
-        """float32 (B, 3, S, S) preprocessed images -> float32 (B, D) image vectors."""
+    def encode_images(self, pixels: np.ndarray) -> Tuple[np.ndarray, np.ndarray]:
+        """float32 (B, 3, S, S) preprocessed images -> (vectors (B, D), features (B, F)), float32.
+
+        The vectors are scored against the class vectors; the features feed the
+        transductive step (the manifest's image.features_output, else the vectors).
+        """
         cfg = self.image_cfg
-        out = self._image.run([cfg["output"]], {cfg["input"]: pixels.astype(np.float32, copy=False)})[0]
-        return np.asarray(out, dtype=np.float32).reshape(len(pixels), -1)
+        outs = self._image.run(self._image_outputs, {cfg["input"]: pixels.astype(np.float32, copy=False)})
+        arrays = [np.asarray(o, dtype=np.float32).reshape(len(pixels), -1) for o in outs]
+        return arrays[0], arrays[-1]
 
     def encode_texts(self, texts: Sequence[str], batch: int = 64) -> np.ndarray:
         """Prompts -> float32 (len(texts), D) text vectors, ``batch`` prompts per run."""

@@ -45,6 +45,8 @@ def _require(cond: bool, manifest_path: Path, what: str) -> None:
 def _check_image(section: Dict[str, Any], path: Path) -> None:
     _require(isinstance(section.get("input"), str), path, "image.input must be a string")
     _require(isinstance(section.get("output"), str), path, "image.output must be a string")
+    feats = section.get("features_output")
+    _require(feats is None or isinstance(feats, str), path, "image.features_output must be null or a string")
     size = section.get("size")
     _require(isinstance(size, int) and size > 0, path, "image.size must be a positive integer")
     fast = section.get("fast_size")
@@ -100,6 +102,17 @@ def _check_balance(section: Optional[Dict[str, Any]], path: Path) -> None:
     _require(isinstance(mpc, (int, float)) and mpc >= 0, path, "balance.min_images_per_class must be >= 0")
 
 
+def _check_transductive(section: Optional[Dict[str, Any]], path: Path) -> None:
+    if section is None:
+        return
+    _require(section.get("method") == "prototypes", path, "transductive.method must be 'prototypes'")
+    iters = section.get("iterations")
+    _require(isinstance(iters, int) and iters >= 0, path, "transductive.iterations must be an integer >= 0")
+    for key in ("weight", "scale"):
+        _require(isinstance(section.get(key), (int, float)) and section[key] >= 0, path,
+                 f"transductive.{key} must be a number >= 0")
+
+
 def validate_manifest(manifest: Dict[str, Any], path: Path) -> None:
     """Check the manifest's structure; raise ValueError naming the first problem."""
     _require(isinstance(manifest, dict), path, "top level must be an object")
@@ -118,6 +131,7 @@ def validate_manifest(manifest: Dict[str, Any], path: Path) -> None:
     _check_text(manifest["text"], path)
     _check_score(manifest["score"], path)
     _check_balance(manifest.get("balance"), path)
+    _check_transductive(manifest.get("transductive"), path)
     batch = manifest.get("batch_size", 16)
     _require(isinstance(batch, int) and batch > 0, path, "batch_size must be a positive integer")
 

@@ -97,6 +97,7 @@ def predict_dataset(ds: Dataset, model: Model, budget: Budget, pool: ThreadPoolE
         return DatasetResult(ds.name, {i: 0 for i in ds.ids}, time.monotonic() - started, problems, {PRIOR: n})
     class_vecs = model.class_vectors(ds.classes)
     scores = np.zeros((n, len(ds.classes)), dtype=np.float32)
+    features: Optional[np.ndarray] = None
     valid = np.zeros(n, dtype=bool)
     paths = {FULL: 0, FAST: 0, PRIOR: 0}
     starts = list(range(0, n, batch_size))
@@ -119,14 +120,19 @@ def predict_dataset(ds: Dataset, model: Model, budget: Budget, pool: ThreadPoolE
             if ok:
                 pixels = np.stack([decoded[i][0] for i in ok])
                 rows = np.asarray(ok) + batch.start
-                scores[rows] = logits(model.encode_images(pixels), class_vecs, model.manifest["score"])
+                vectors, feats = model.encode_images(pixels)
+                if features is None:
+                    features = np.zeros((n, feats.shape[1]), dtype=np.float32)
+                scores[rows] = logits(vectors, class_vecs, model.manifest["score"])
+                features[rows] = feats
                 valid[rows] = True
         now = time.monotonic()
         budget.record(batch.path, batch.stop - batch.start, now - mark)
         mark = now
         paths[batch.path] += batch.stop - batch.start
         progress.update(batch.stop)
-    labels = predict(scores, valid, ds.class_mask(), model.manifest.get("balance"))
+    labels = predict(scores, valid, ds.class_mask(), model.manifest.get("balance"), features,
+                     model.manifest.get("transductive"))
     preds = {image_id: int(label) for image_id, label in zip(ds.ids, labels)}
     return DatasetResult(ds.name, preds, time.monotonic() - started, problems, paths)
 

@@ -57,23 +57,67 @@ def sinkhorn(probs: np.ndarray, iterations: int) -> np.ndarray:
     return p
 
 
+def _enough(section: Optional[Dict[str, Any]], n: int, n_classes: int) -> bool:
+    """True when a transductive section is set and the dataset has enough images for it."""
+    return section is not None and n >= float(section.get("min_images_per_class", 0)) * n_classes
+
+
+def _balanced(logits_: np.ndarray, valid: np.ndarray, class_mask: np.ndarray,
+              balance: Optional[Dict[str, Any]]) -> np.ndarray:
+    """Softmax of masked logits, invalid rows set to the prior, Sinkhorn-balanced if enabled: (N, C)."""
+    masked = np.where(class_mask[None, :], logits_, -np.inf)
+    probs = softmax(masked, axis=1)
+    prior = probs[valid].mean(axis=0) if valid.any() else class_mask / max(class_mask.sum(), 1)
+    probs[~valid] = prior
+    if _enough(balance, len(probs), int(class_mask.sum())):
+        probs = sinkhorn(probs, int(balance["iterations"]))
+    return probs
+
+
+def unit_features(features: np.ndarray, valid: np.ndarray, center: bool) -> np.ndarray:
+    """(N, D) -> L2-normalised rows, centred on the valid rows' mean first if ``center``."""
+    f = features.astype(np.float64)
+    if center and valid.any():
+        f = f - f[valid].mean(axis=0, keepdims=True)
+    return f / np.maximum(np.linalg.norm(f, axis=1, keepdims=True), _EPS)
+
+
+def refine(scores: np.ndarray, features: np.ndarray, valid: np.ndarray, class_mask: np.ndarray,
+           balance: Optional[Dict[str, Any]], cfg: Dict[str, Any]) -> np.ndarray:
+    """Transductive prototypes: (N, C) probabilities after ``cfg["iterations"]`` rounds.
+
+    Each round forms one prototype per class as the probability-weighted mean
+    of the (centred, normalised) image features of the valid rows, and adds
+    ``weight * scale * cosine(image, prototype)`` to the zero-shot logits.
+    """
+    f = unit_features(features, valid, bool(cfg.get("center", True)))
+    probs = _balanced(scores, valid, class_mask, balance)
+    step = float(cfg["weight"]) * float(cfg["scale"])
+    for _ in range(int(cfg["iterations"])):
+        weights = np.where(valid[:, None], probs, 0.0)
+        protos = weights.T @ f
+        protos /= np.maximum(np.linalg.norm(protos, axis=1, keepdims=True), _EPS)
+        probs = _balanced(scores + step * (f @ protos.T), valid, class_mask, balance)
+    return probs
+
+
 def predict(scores: np.ndarray, valid: np.ndarray, class_mask: np.ndarray,
-            balance: Optional[Dict[str, Any]]) -> np.ndarray:
+            balance: Optional[Dict[str, Any]], features: Optional[np.ndarray] = None,
+            transductive: Optional[Dict[str, Any]] = None) -> np.ndarray:
     """Class index per image.
 
     scores: float32 (N, C) logits; valid: bool (N,) rows that come from a
     decoded image; class_mask: bool (C,) classes that may be predicted
-    (duplicates and empty names are masked). Rows that are not valid get the
-    mean probability of the valid rows (the dataset's prior), so they still
-    get a sensible class. Returns int64 (N,).
+    (duplicates and empty names are masked); features: float32 (N, D) image
+    features for the transductive step (used when ``transductive`` is set).
+    Rows that are not valid get the mean probability of the valid rows (the
+    dataset's prior), so they still get a sensible class. Returns int64 (N,).
     """
-    n, c = scores.shape
+    n = scores.shape[0]
     if n == 0:
         return np.zeros(0, dtype=np.int64)
-    masked = np.where(class_mask[None, :], scores, -np.inf)
-    probs = softmax(masked, axis=1)
-    prior = probs[valid].mean(axis=0) if valid.any() else class_mask / max(class_mask.sum(), 1)
-    probs[~valid] = prior
-    if balance is not None and n >= float(balance.get("min_images_per_class", 0)) * int(class_mask.sum()):
-        probs = sinkhorn(probs, int(balance["iterations"]))
+    if features is not None and _enough(transductive, int(valid.sum()), int(class_mask.sum())):
+        probs = refine(scores, features, valid, class_mask, balance, transductive)
+    else:
+        probs = _balanced(scores, valid, class_mask, balance)
     return np.argmax(probs, axis=1).astype(np.int64)
