@@ -1,0 +1,106 @@
+"""The default text encoder: a Russian class name -> a distribution over the 1000 ImageNet classes.
+
+``ConceptTextEncoder`` runs USE-m (train/use_m.py) on the prompt, compares the
+embedding with every entry of the concept bank (train/concepts.py), keeps each
+concept's best entry, and mixes the concepts' ImageNet distributions with a
+softmax over the ``top_k`` best concepts. The bank is baked into the ONNX
+graph, so the runtime sees an ordinary text encoder whose output is scored
+against the image encoder's ImageNet probabilities.
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import Dict, List, Sequence
+
+import numpy as np
+import onnx
+import torch
+from torch import nn
+
+from .concepts import ConceptBank
+from .use_m import UseM
+
+logger = logging.getLogger(__name__)
+
+OPSET = 17
+MAX_IR_VERSION = 9
+OUTPUT_NAME = "class_weights"
+PARITY_TOLERANCE = 1e-4
+
+
+class ConceptTextEncoder(nn.Module):
+    """input_ids, attention_mask int64 (B, L) -> class_weights float32 (B, 1000), rows sum to 1."""
+
+    def __init__(self, use: UseM, entries: np.ndarray, index: np.ndarray, distributions: np.ndarray,
+                 scale: float, top_k: int) -> None:
+        super().__init__()
+        self.use = use
+        self.register_buffer("entries", torch.from_numpy(entries.astype(np.float32)))
+        self.register_buffer("index", torch.from_numpy(index.astype(np.int64)))
+        self.register_buffer("distributions", torch.from_numpy(distributions.astype(np.float32)))
+        self.scale = float(scale)
+        self.top_k = int(min(top_k, index.shape[0]))
+
+    def concept_similarities(self, query: torch.Tensor) -> torch.Tensor:
+        """(B, 512) unit vectors -> (B, K) best cosine of each concept's entries."""
+        sims = query @ self.entries.T
+        sentinel = torch.full_like(sims[:, :1], -1.0)
+        sims = torch.cat([sims, sentinel], dim=1)
+        return sims[:, self.index].amax(dim=-1)
+
+    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+        logits = self.scale * self.concept_similarities(self.use(input_ids, attention_mask))
+        kth = torch.topk(logits, self.top_k, dim=1).values[:, -1:]
+        logits = torch.where(logits >= kth, logits, torch.full_like(logits, -1e9))
+        return torch.softmax(logits, dim=1) @ self.distributions
+
+
+def build_text_encoder(bank: ConceptBank, entries: np.ndarray, scale: float, top_k: int) -> ConceptTextEncoder:
+    """The torch module for ``bank`` whose entry embeddings are ``entries`` (N, 512)."""
+    return ConceptTextEncoder(UseM().eval(), entries, bank.entry_index(), bank.distributions, scale, top_k).eval()
+
+
+def batch_ids(sp, texts: Sequence[str]) -> Dict[str, np.ndarray]:
+    """Right-padded ids and mask (BOS 1, EOS 2), as the runtime's Tokenizer makes them."""
+    seqs = [[1] + list(sp.EncodeAsIds(t)) + [2] for t in texts]
+    width = max(map(len, seqs))
+    ids = np.zeros((len(seqs), width), dtype=np.int64)
+    mask = np.zeros_like(ids)
+    for i, s in enumerate(seqs):
+        ids[i, :len(s)] = s
+        mask[i, :len(s)] = 1
+    return {"input_ids": ids, "attention_mask": mask}
+
+
+def export_text_encoder(module: ConceptTextEncoder, out_path: Path, sp, check_texts: List[str]) -> Dict[str, float]:
+    """Export to ONNX (opset 17, IR <= 9) and validate against torch; returns the validation numbers.
+
+    Raises ValueError if onnxruntime and torch differ by more than PARITY_TOLERANCE.
+    """
+    import onnxruntime as ort
+
+    feeds = batch_ids(sp, check_texts)
+    example = (torch.from_numpy(feeds["input_ids"]), torch.from_numpy(feeds["attention_mask"]))
+    torch.onnx.export(module, example, str(out_path), dynamo=False, opset_version=OPSET,
+                      input_names=["input_ids", "attention_mask"], output_names=[OUTPUT_NAME],
+                      dynamic_axes={"input_ids": {0: "batch", 1: "length"},
+                                    "attention_mask": {0: "batch", 1: "length"}, OUTPUT_NAME: {0: "batch"}})
+    model = onnx.load(str(out_path))
+    if model.ir_version > MAX_IR_VERSION:
+        model.ir_version = MAX_IR_VERSION
+        onnx.save(model, str(out_path))
+    onnx.checker.check_model(model)
+    opset = max(o.version for o in model.opset_import if o.domain in ("", "ai.onnx"))
+    session = ort.InferenceSession(str(out_path), providers=["CPUExecutionProvider"])
+    got = session.run([OUTPUT_NAME], feeds)[0]
+    with torch.no_grad():
+        want = module(*example).numpy()
+    diff = float(np.abs(got - want).max())
+    agree = float((got.argmax(1) == want.argmax(1)).mean())
+    if diff > PARITY_TOLERANCE:
+        raise ValueError(f"{out_path}: onnxruntime differs from torch by {diff:.2e} > {PARITY_TOLERANCE:.0e}")
+    logger.info("text encoder %s: max |torch - onnxruntime| %.2e, top-1 agreement %.3f", out_path, diff, agree)
+    return {"max_abs_diff": diff, "tolerance": PARITY_TOLERANCE, "top1_agreement": agree,
+            "opset": opset, "ir_version": int(model.ir_version), "check_texts": len(check_texts)}
