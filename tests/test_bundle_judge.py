@@ -1,0 +1,247 @@
+"""The submission archive (train/bundle.py) and the local judge (train/judge.py), end to end.
+
+No network: archives are built from the tiny random model, without wheels
+(``--dev``: setup.sh then uses this Python's packages) or with a small wheel
+made here; the test with the real wheels of vendor/ runs only once
+``make vendor`` has filled it, and is skipped otherwise.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+import subprocess
+import sys
+import zipfile
+from pathlib import Path
+from typing import Dict, List, Tuple
+
+import pytest
+
+from conftest import REPO, read_json
+from datagen import make_dataset
+
+from train import bundle, judge
+from train.vendor import REQUIREMENTS_NAME, TARGETS, find_wheel, parse_pin
+from zeroshot import cli
+from zeroshot.evaluate import evaluate
+from zeroshot.manifest import MANIFEST_NAME, load_manifest
+
+PY_TAG = "%d.%d" % sys.version_info[:2]
+NETWORK = judge.find_network_isolation()
+NET_ARGS: List[str] = [] if NETWORK else ["--allow-network"]
+
+
+@pytest.fixture(scope="module")
+def datasets(tmp_path_factory: pytest.TempPathFactory) -> Tuple[Path, Path]:
+    """Two small datasets (JPEG and PNG, ids with dots) and their ground truth file."""
+    root = tmp_path_factory.mktemp("judge_data") / "datasets"
+    truth = {"animals": make_dataset(root, "animals", ["кошка", "собака", "ёж"], 5, seed=1),
+             "things": make_dataset(root, "things", ["стол", "стул"], 4, seed=2, ext=".png")}
+    gt = root.parent / "gt.json"
+    gt.write_text(json.dumps(truth, ensure_ascii=False), encoding="utf-8")
+    return root, gt
+
+
+@pytest.fixture(scope="module")
+def plain_run(tiny_model: Path, datasets: Tuple[Path, Path], tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Predictions of the plain run (predict.py in this process, this Python's packages)."""
+    out = tmp_path_factory.mktemp("plain") / "plain.json"
+    assert cli.main([str(datasets[0]), str(out), "--model", str(tiny_model), "--log-level", "WARNING"]) == 0
+    return out
+
+
+@pytest.fixture(scope="module")
+def dev_archive(tiny_model: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    out = tmp_path_factory.mktemp("dev_archive") / "submission.zip"
+    assert bundle.main(["--model", str(tiny_model), "--dev", "--out", str(out)]) == 0
+    return out
+
+
+def make_wheel(folder: Path, name: str = "zeroshot_probe", version: str = "1.0") -> Path:
+    """A minimal pure-Python wheel holding module ``name``."""
+    path = folder / f"{name}-{version}-py3-none-any.whl"
+    info = f"{name}-{version}.dist-info"
+    files = {f"{name}.py": "VALUE = 42\n",
+             f"{info}/METADATA": f"Metadata-Version: 2.1\nName: {name}\nVersion: {version}\n",
+             f"{info}/WHEEL": "Wheel-Version: 1.0\nGenerator: test\nRoot-Is-Purelib: true\nTag: py3-none-any\n"}
+    files[f"{info}/RECORD"] = "".join(f"{n},,\n" for n in list(files) + [f"{info}/RECORD"])
+    with zipfile.ZipFile(path, "w") as zf:
+        for arcname, text in files.items():
+            zf.writestr(arcname, text)
+    return path
+
+
+def pin_line(wheel: Path, name: str = "zeroshot_probe", version: str = "1.0") -> str:
+    return f"{name}=={version} --hash=sha256:{hashlib.sha256(wheel.read_bytes()).hexdigest()}\n"
+
+
+def run_judge(archive: Path, datasets: Tuple[Path, Path], out_dir: Path, *extra: str) -> Tuple[int, Dict]:
+    """judge.main on ``archive`` with this Python; returns its exit code and summary.json."""
+    argv = [str(archive), str(datasets[0]), "--gt", str(datasets[1]), "--python", sys.executable,
+            "--out-dir", str(out_dir), *NET_ARGS, *extra]
+    code = judge.main(argv)
+    return code, read_json(out_dir / "summary.json")
+
+
+def unzip(archive: Path, dest: Path) -> Path:
+    judge.extract(archive, dest)
+    return dest
+
+
+def test_archive_holds_exactly_the_allowed_files(dev_archive: Path, tiny_model: Path) -> None:
+    manifest = load_manifest(tiny_model)
+    expected = {"setup.sh", "predict.sh", "predict.py"}
+    expected |= {p.relative_to(REPO).as_posix() for p in (REPO / "zeroshot").rglob("*.py")
+                 if "__pycache__" not in p.parts}
+    expected |= {f"model/{MANIFEST_NAME}"} | {f"model/{f['path']}" for f in manifest["files"].values()}
+    with zipfile.ZipFile(dev_archive) as zf:
+        infos = zf.infolist()
+    assert {i.filename for i in infos} == expected
+    for info in infos:
+        assert info.date_time == (1980, 1, 1, 0, 0, 0)
+        mode = (info.external_attr >> 16) & 0o777
+        assert mode == (0o755 if info.filename in bundle.EXECUTABLE else 0o644), info.filename
+
+
+def test_archive_is_byte_identical_when_built_twice(tiny_model: Path, tmp_path: Path) -> None:
+    model = tmp_path / "model"
+    shutil.copytree(tiny_model, model)
+    a, b = tmp_path / "a.zip", tmp_path / "b.zip"
+    assert bundle.main(["--model", str(model), "--dev", "--out", str(a)]) == 0
+    for path in model.iterdir():
+        os.utime(path, (1_700_000_000, 1_700_000_000))
+    (model / "stray.txt").write_text("not in the manifest")
+    assert bundle.main(["--model", str(model), "--dev", "--out", str(b)]) == 0
+    assert a.read_bytes() == b.read_bytes()
+
+
+def test_archive_over_the_cap_fails_and_writes_nothing(tiny_model: Path, tmp_path: Path, capsys) -> None:
+    out = tmp_path / "big.zip"
+    assert bundle.main(["--model", str(tiny_model), "--dev", "--out", str(out), "--cap-mb", "0.01"]) == 1
+    assert not out.exists() and not list(tmp_path.iterdir())
+    table = capsys.readouterr().out
+    assert "model/tokenizer.model" in table and "cap 0.01 MB" in table
+
+
+def test_corrupt_model_file_is_refused(tiny_model: Path, tmp_path: Path) -> None:
+    model = tmp_path / "model"
+    shutil.copytree(tiny_model, model)
+    with open(model / "tokenizer.model", "ab") as handle:
+        handle.write(b"x")
+    assert bundle.main(["--model", str(model), "--dev", "--out", str(tmp_path / "x.zip")]) == 1
+
+
+def test_vendor_pin_without_its_wheel_is_refused(tiny_model: Path, tmp_path: Path) -> None:
+    vendor = tmp_path / "vendor"
+    vendor.mkdir()
+    (vendor / REQUIREMENTS_NAME.format(PY_TAG)).write_text("onnxruntime==1.16.3\n")
+    assert bundle.main(["--model", str(tiny_model), "--vendor", str(vendor), "--out", str(tmp_path / "x.zip")]) == 1
+    assert bundle.main(["--model", str(tiny_model), "--vendor", str(tmp_path / "none"),
+                        "--out", str(tmp_path / "x.zip")]) == 1
+
+
+def test_setup_installs_vendored_wheels_offline_once(tiny_model: Path, tmp_path: Path) -> None:
+    """setup.sh installs from vendor/ only (pip settings ignored), into .deps/py<X.Y>, then does nothing."""
+    vendor = tmp_path / "vendor"
+    vendor.mkdir()
+    wheel = make_wheel(vendor)
+    (vendor / REQUIREMENTS_NAME.format(PY_TAG)).write_text(pin_line(wheel))
+    archive = tmp_path / "s.zip"
+    assert bundle.main(["--model", str(tiny_model), "--vendor", str(vendor), "--out", str(archive)]) == 0
+    root = unzip(archive, tmp_path / "unpacked")
+    env = dict(os.environ, PYTHON=sys.executable, PIP_INDEX_URL="http://127.0.0.1:9/nowhere",
+               PIP_FIND_LINKS=str(tmp_path / "nowhere"))
+    cmd = (NETWORK or []) + [str(root / "setup.sh")]
+    first = subprocess.run(cmd, capture_output=True, text=True, env=env, cwd="/")
+    assert first.returncode == 0, first.stderr
+    assert "zeroshot_probe-1.0" in first.stderr and "match their sha256" in first.stderr
+    assert (root / ".deps" / f"py{PY_TAG}" / "zeroshot_probe.py").is_file()
+    second = subprocess.run(cmd, capture_output=True, text=True, env=env, cwd="/")
+    assert second.returncode == 0, second.stderr
+    assert "already installed" in second.stderr
+
+
+def test_setup_refuses_a_vendor_without_this_python(tiny_model: Path, tmp_path: Path) -> None:
+    vendor = tmp_path / "vendor"
+    vendor.mkdir()
+    wheel = make_wheel(vendor)
+    (vendor / REQUIREMENTS_NAME.format("2.7")).write_text(pin_line(wheel))
+    archive = tmp_path / "s.zip"
+    assert bundle.main(["--model", str(tiny_model), "--vendor", str(vendor), "--out", str(archive)]) == 0
+    root = unzip(archive, tmp_path / "unpacked")
+    proc = subprocess.run([str(root / "setup.sh")], capture_output=True, text=True,
+                          env=dict(os.environ, PYTHON=sys.executable))
+    assert proc.returncode != 0
+    assert f"no requirements-py{PY_TAG}.txt" in proc.stderr and "requirements-py2.7.txt" in proc.stderr
+
+
+def test_judge_passes_the_archive_with_the_plain_run_predictions(dev_archive: Path, datasets, plain_run: Path,
+                                                               tmp_path: Path, capsys) -> None:
+    code, summary = run_judge(dev_archive, datasets, tmp_path / "j", "--reference", str(plain_run))
+    out = capsys.readouterr().out
+    assert code == 0, out
+    assert "verdict      PASS" in out and "score (mean accuracy x 100)" in out
+    expected = evaluate(read_json(datasets[1]), read_json(plain_run)).score
+    assert summary["passed"] and summary["score"] == pytest.approx(expected)
+    assert f"score (mean accuracy x 100): {expected:.2f}" in out
+    assert summary["images"] == 9 and summary["images_per_s"] > 0
+    assert summary["projected"]["images"] == 2200 and summary["projected"]["seconds"] > 0
+    assert summary["reference"]["differ"] == 0 and summary["reference"]["compared"] == 9
+    assert summary["top_level"] == ["model", "predict.py", "predict.sh", "setup.sh", "zeroshot"]
+    inside = summary["inside"]
+    assert len(inside["cpus"]) == 1 and inside["rlimit_as"] == 8_000_000_000
+    if NETWORK:
+        assert inside["interfaces"] in ([], ["lo"])
+    assert read_json(tmp_path / "j" / "predictions.json") == read_json(plain_run)
+    assert all(s["returncode"] == 0 and not s["timed_out"] for s in summary["steps"].values())
+
+
+def test_judge_fails_when_predictions_differ_from_the_reference(dev_archive: Path, datasets, plain_run: Path,
+                                                                tmp_path: Path) -> None:
+    ref = read_json(plain_run)
+    key = sorted(ref["animals"])[0]
+    ref["animals"][key] = (ref["animals"][key] + 1) % 3
+    changed = tmp_path / "ref.json"
+    changed.write_text(json.dumps(ref))
+    code, summary = run_judge(dev_archive, datasets, tmp_path / "j", "--reference", str(changed))
+    assert code == 1 and not summary["passed"]
+    assert summary["reference"]["differ"] == 1 and key in summary["reference"]["examples"][0]
+
+
+def test_judge_kills_a_run_past_the_time_limit(dev_archive: Path, datasets, tmp_path: Path) -> None:
+    code, summary = run_judge(dev_archive, datasets, tmp_path / "j", "--time-limit", "0.2")
+    assert code == 1 and not summary["passed"]
+    assert summary["steps"]["setup.sh"]["timed_out"]
+    assert any("time limit" in p for p in summary["problems"])
+
+
+def test_judge_enforces_the_memory_limit(dev_archive: Path, datasets, tmp_path: Path) -> None:
+    """60 MB of address space is too little to import onnxruntime: the run must fail, not pass unlimited."""
+    code, summary = run_judge(dev_archive, datasets, tmp_path / "j", "--memory-gb", "0.06")
+    assert code == 1 and not summary["passed"]
+
+
+def _vendored_for_this_python() -> bool:
+    req = REPO / "vendor" / REQUIREMENTS_NAME.format(PY_TAG)
+    return PY_TAG in TARGETS and req.is_file() and all(
+        find_wheel(REPO / "vendor", parse_pin(spec), PY_TAG) for spec in TARGETS[PY_TAG])
+
+
+@pytest.mark.skipif(not _vendored_for_this_python(),
+                    reason=f"vendor/ has no wheels for Python {PY_TAG}: run 'make vendor' (PyPI, once) to test "
+                           "the archive with onnxruntime 1.16.3")
+def test_judge_with_the_vendored_wheels(tiny_model: Path, datasets, plain_run: Path, tmp_path: Path) -> None:
+    """The real archive: setup.sh installs the vendored onnxruntime, and predict.sh runs on it."""
+    archive = tmp_path / "submission.zip"
+    assert bundle.main(["--model", str(tiny_model), "--vendor", str(REPO / "vendor"), "--out", str(archive)]) == 0
+    with zipfile.ZipFile(archive) as zf:
+        assert {n.split("/")[0] for n in zf.namelist()} == bundle.ALLOWED_TOP
+    code, summary = run_judge(archive, datasets, tmp_path / "j", "--reference", str(plain_run))
+    assert code == 0, summary["problems"]
+    pins = {parse_pin(s).name: parse_pin(s).version for s in TARGETS[PY_TAG]}
+    assert summary["versions"]["onnxruntime"] == pins["onnxruntime"]
+    assert summary["versions"]["numpy"] == pins["numpy"]
+    assert str(Path(summary["versions"]["onnxruntime_path"]).parent).endswith(f".deps/py{PY_TAG}/onnxruntime")
