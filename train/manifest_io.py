@@ -10,25 +10,32 @@ from __future__ import annotations
 import json
 import logging
 from pathlib import Path
-from typing import Any, Dict
+from typing import Any, Dict, Optional
 
 from zeroshot.manifest import FORMAT_VERSION, MANIFEST_NAME, sha256_file, validate_manifest
 
 logger = logging.getLogger(__name__)
 
 
-def write_manifest(model_dir: Path, files: Dict[str, str], sections: Dict[str, Any]) -> Dict[str, Any]:
+def _file_entries(model_dir: Path, files: Dict[str, str]) -> Dict[str, Dict[str, str]]:
+    return {role: {"path": name, "sha256": sha256_file(model_dir / name)} for role, name in sorted(files.items())}
+
+
+def write_manifest(model_dir: Path, files: Dict[str, str], sections: Dict[str, Any],
+                   variants: Optional[Dict[str, Dict[str, str]]] = None) -> Dict[str, Any]:
     """Write model_dir/manifest.json and return it.
 
     files: role ("image_encoder", "text_encoder", "tokenizer") -> file name
     inside ``model_dir``; sections: the other top-level entries (name, image,
-    text, score, balance, batch_size, validation, ...).
+    text, score, balance, batch_size, validation, ...); variants: name -> the
+    roles whose files it replaces (e.g. {"int8": {"image_encoder": "image_encoder.int8.onnx"}}).
     """
     model_dir = Path(model_dir)
     manifest: Dict[str, Any] = {"format_version": FORMAT_VERSION}
     manifest.update(sections)
-    manifest["files"] = {role: {"path": name, "sha256": sha256_file(model_dir / name)}
-                         for role, name in sorted(files.items())}
+    manifest["files"] = _file_entries(model_dir, files)
+    if variants:
+        manifest["variants"] = {name: {"files": _file_entries(model_dir, vf)} for name, vf in sorted(variants.items())}
     path = model_dir / MANIFEST_NAME
     validate_manifest(manifest, path)
     path.write_text(json.dumps(manifest, ensure_ascii=False, indent=2, sort_keys=True) + "\n", encoding="utf-8")

@@ -25,7 +25,7 @@ from zeroshot.images import load_image, preprocess
 from zeroshot.scoring import predict
 from zeroshot.text import normalize_name
 
-from .concepts import concept_similarities, load_bank, mix
+from .concepts import GROUP_FILES, concept_similarities, load_bank, mix
 
 logger = logging.getLogger(__name__)
 
@@ -84,7 +84,8 @@ def _setting(**changes) -> Dict:
     """The default model's settings (train/build_default.py) with ``changes`` applied."""
     from . import build_default as d
 
-    base = {"templates": d.TEMPLATES, "english": d.ENGLISH_ENTRIES, "inflect": True, "scale": d.CONCEPT_SCALE,
+    base = {"templates": d.TEMPLATES, "english": d.ENGLISH_ENTRIES, "inflect": True, "proxies": True,
+            "holdout": False, "scale": d.CONCEPT_SCALE,
             "top_k": d.CONCEPT_TOP_K, "balance": d.BALANCE, "transductive": d.TRANSDUCTIVE}
     base.update(changes)
     return base
@@ -96,6 +97,8 @@ ABLATIONS = [
     ("templates: + 'изображение {}'", {"templates": ["{}", "фото {}", "изображение {}"]}),
     ("bank: + English lemmas", {"english": True}),
     ("bank: no inflections", {"inflect": False}),
+    ("bank: no visual proxies", {"proxies": False}),
+    ("bank: dev class names held out", {"holdout": True}),
     ("concept scale 10", {"scale": 10.0}),
     ("concept scale 40", {"scale": 40.0}),
     ("concept top-k 1", {"top_k": 1}),
@@ -134,10 +137,12 @@ def main(argv: Optional[List[str]] = None) -> int:
     rows = []
     for label, changes in ABLATIONS:
         s = _setting(**changes)
-        bkey = (s["english"], s["inflect"])
+        bkey = (s["english"], s["inflect"], s["proxies"], s["holdout"])
         if bkey not in banks:
-            bank = load_bank(norm, english=s["english"], inflect=s["inflect"])
-            emb = _cached(args.cache / f"bank_{int(s['english'])}{int(s['inflect'])}_{len(bank.texts)}.npy",
+            exclude = [norm(c) for ds in datasets for c in ds.classes] if s["holdout"] else []
+            bank = load_bank(norm, english=s["english"], inflect=s["inflect"], exclude=exclude,
+                             group_files=GROUP_FILES if s["proxies"] else GROUP_FILES[:1])
+            emb = _cached(args.cache / f"bank_{''.join(str(int(v)) for v in bkey)}_{len(bank.texts)}.npy",
                           lambda: embed_texts(bank.texts))
             banks[bkey] = (bank, emb, bank.entry_index())
         bank, emb, index = banks[bkey]

@@ -38,6 +38,8 @@ def build_parser() -> argparse.ArgumentParser:
                         help="only load the model (imports, sha256, ONNX sessions), log what runs, and exit")
     parser.add_argument("--model", type=Path, default=DEFAULT_MODEL_DIR,
                         help="model folder with manifest.json (default: %(default)s)")
+    parser.add_argument("--variant", default=None,
+                        help="a variant listed in the manifest (e.g. int8) whose files replace the defaults")
     parser.add_argument("--batch-size", type=int, default=None, help="images per encoder run (default: manifest)")
     parser.add_argument("--threads", type=int, default=None,
                         help="threads for decoding and inference (default: CPUs this process may use)")
@@ -50,7 +52,7 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def check(model_dir: Path) -> int:
+def check(model_dir: Path, variant: Optional[str]) -> int:
     """Load the model and log the runtime's versions; 0 if everything loads, 2 if not."""
     import numpy
     import onnxruntime
@@ -58,7 +60,7 @@ def check(model_dir: Path) -> int:
     import sentencepiece
 
     try:
-        model = Model(model_dir)
+        model = Model(model_dir, variant=variant)
     except (FileNotFoundError, ValueError) as exc:
         logger.error("%s", exc)
         return 2
@@ -77,14 +79,14 @@ def main(argv: Optional[List[str]] = None) -> int:
     logging.basicConfig(level=args.log_level, stream=sys.stderr,
                         format="%(asctime)s %(levelname)s %(message)s", datefmt="%H:%M:%S")
     if args.check:
-        return check(args.model)
+        return check(args.model, args.variant)
     started = time.monotonic()
     if args.batch_size is not None and args.batch_size < 1:
         logger.error("--batch-size must be >= 1")
         return 2
     try:
         datasets, problems = discover(args.datasets_dir)
-        model = Model(args.model, threads=args.threads)
+        model = Model(args.model, threads=args.threads, variant=args.variant)
     except (FileNotFoundError, ValueError) as exc:
         logger.error("%s", exc)
         return 2

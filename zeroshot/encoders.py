@@ -57,13 +57,15 @@ def _check_io(session: Any, path: Path, inputs: Sequence[str], output: str) -> N
 class Model:
     """Image encoder, text encoder and tokenizer described by one manifest."""
 
-    def __init__(self, model_dir: Path, threads: Optional[int] = None, verify: bool = True) -> None:
+    def __init__(self, model_dir: Path, threads: Optional[int] = None, verify: bool = True,
+                 variant: Optional[str] = None) -> None:
+        """``variant``: a name from the manifest's ``variants`` (e.g. "int8") whose files replace the defaults."""
         self.dir = Path(model_dir)
         self.manifest: Dict[str, Any] = load_manifest(self.dir)
         self.threads = threads or available_cpus()
-        img_path = resolve_file(self.manifest, self.dir, "image_encoder", verify)
-        txt_path = resolve_file(self.manifest, self.dir, "text_encoder", verify)
-        tok_path = resolve_file(self.manifest, self.dir, "tokenizer", verify)
+        img_path = resolve_file(self.manifest, self.dir, "image_encoder", verify, variant)
+        txt_path = resolve_file(self.manifest, self.dir, "text_encoder", verify, variant)
+        tok_path = resolve_file(self.manifest, self.dir, "tokenizer", verify, variant)
         self.image_cfg: Dict[str, Any] = self.manifest["image"]
         self.text_cfg: Dict[str, Any] = self.manifest["text"]
         self.tokenizer = Tokenizer(tok_path, self.text_cfg["tokenizer"])

@@ -132,16 +132,30 @@ def validate_manifest(manifest: Dict[str, Any], path: Path) -> None:
     _check_score(manifest["score"], path)
     _check_balance(manifest.get("balance"), path)
     _check_transductive(manifest.get("transductive"), path)
+    variants = manifest.get("variants", {})
+    _require(isinstance(variants, dict), path, "variants must be an object")
+    for name, variant in variants.items():
+        vfiles = variant.get("files") if isinstance(variant, dict) else None
+        _require(isinstance(vfiles, dict) and all(k in FILE_KEYS and isinstance(v, dict) and isinstance(
+            v.get("path"), str) and isinstance(v.get("sha256"), str) for k, v in vfiles.items()), path,
+            f"variants.{name}.files must map file roles to {{'path', 'sha256'}}")
     batch = manifest.get("batch_size", 16)
     _require(isinstance(batch, int) and batch > 0, path, "batch_size must be a positive integer")
 
 
-def resolve_file(manifest: Dict[str, Any], model_dir: Path, key: str, verify: bool = True) -> Path:
-    """Path of the model file ``files[key]``, checked to exist and match its sha256.
+def resolve_file(manifest: Dict[str, Any], model_dir: Path, key: str, verify: bool = True,
+                 variant: Optional[str] = None) -> Path:
+    """Path of the model file ``files[key]`` (or the variant's), checked to exist and match its sha256.
 
     Raises FileNotFoundError or ValueError naming the path and the expected hash.
     """
     entry = manifest["files"][key]
+    if variant is not None:
+        variants = manifest.get("variants", {})
+        if variant not in variants:
+            raise ValueError(f"{Path(model_dir) / MANIFEST_NAME}: no variant '{variant}' "
+                             f"(available: {sorted(variants) or 'none'})")
+        entry = variants[variant]["files"].get(key, entry)
     path = model_dir / entry["path"]
     expected = entry["sha256"]
     if not path.is_file():
