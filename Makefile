@@ -5,6 +5,11 @@ PY := .venv/bin/python
 DATA ?= ../shared/devsets
 GT ?= $(DATA)/gt.json
 OUT ?= dist/predictions.json
+BUNDLE ?= dist/submission.zip
+CAP_MB ?= 700
+JUDGE_PYTHON ?= $(PY)
+REF ?=
+JUDGE_ARGS ?=
 
 .PHONY: help venv model run test vendor bundle judge bench clean
 
@@ -19,7 +24,10 @@ help:  ## list the targets
 
 venv: .venv/.stamp  ## the build/test environment in .venv
 
-model/manifest.json: .venv/.stamp $(wildcard train/*.py train/vocab/*.tsv)
+MODEL_SOURCES := $(addprefix train/,build_default.py concepts.py image_encoder.py text_encoder.py use_m.py manifest_io.py) \
+	$(wildcard train/vocab/*.tsv)
+
+model/manifest.json: .venv/.stamp $(MODEL_SOURCES)
 	$(PY) -m train.build_default --out model
 
 model: model/manifest.json  ## build the default model into model/ (offline, from pip-installed weights)
@@ -31,6 +39,20 @@ run: model  ## set up and predict DATA (default: the dev set) with the default m
 
 test: venv  ## the test suite (CI runs this)
 	$(PY) -m pytest -q tests
+
+bench: venv  ## images/s on one core: predict.py vs the organisers' ResNet-50 vs the input ceiling (int8: the model's variants.int8 or INT8_MODEL=dir)
+	$(PY) -m train.bench --model model --data $(DATA) $(if $(INT8_MODEL),--int8-model $(INT8_MODEL)) \
+		--out bench/results/bench.json
+
+vendor: .venv/.stamp  ## wheels for the judge (CPython 3.8) and this machine (3.11) in vendor/ (PyPI the first time, then offline)
+	$(PY) -m train.vendor --out vendor
+
+bundle: model vendor  ## the submission archive BUNDLE (dist/submission.zip); prints sizes, fails over CAP_MB (700)
+	$(PY) -m train.bundle --model model --vendor vendor --out $(BUNDLE) --cap-mb $(CAP_MB)
+
+judge: bundle  ## run BUNDLE like the organisers on DATA: no network, 1 CPU, 8 GB, 23 min; REF=preds.json to compare
+	$(PY) -m train.judge $(BUNDLE) $(DATA) --python $(JUDGE_PYTHON) $(if $(wildcard $(GT)),--gt $(GT)) \
+	  $(if $(REF),--reference $(REF)) --out-dir dist/judge $(JUDGE_ARGS)
 
 clean:  ## remove generated files
 	rm -rf model dist vendor .deps
