@@ -5,6 +5,8 @@ PY := .venv/bin/python
 DATA ?= ../shared/devsets
 GT ?= $(DATA)/gt.json
 OUT ?= dist/predictions.json
+# natural images for the export checks and the int8 calibration (the dev set's images)
+CALIB ?= ../shared/devsets/caltech101/img
 BUNDLE ?= dist/submission.zip
 CAP_MB ?= 700
 JUDGE_PYTHON ?= $(PY)
@@ -28,7 +30,7 @@ MODEL_SOURCES := $(addprefix train/,build_default.py concepts.py image_encoder.p
 	$(wildcard train/vocab/*.tsv)
 
 model/manifest.json: .venv/.stamp $(MODEL_SOURCES)
-	$(PY) -m train.build_default --out model
+	$(PY) -m train.build_default --out model $(if $(wildcard $(CALIB)),--calibration $(CALIB))
 
 model: model/manifest.json  ## build the default model into model/ (offline, from pip-installed weights)
 

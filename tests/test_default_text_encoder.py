@@ -55,7 +55,7 @@ def test_inflections_add_the_plural_and_singular() -> None:
 def small_encoder(bank):
     """A text encoder over the first 40 concepts' entries, for quick parity checks."""
     from train.text_encoder import build_text_encoder
-    from train.tune_default import embed_texts
+    from train.text_encoder import embed_texts
 
     keep = bank.concept_of < 40
     small = type(bank)([t for t, k in zip(bank.texts, keep) if k], bank.concept_of[keep],
@@ -68,7 +68,7 @@ def test_torch_module_matches_the_numpy_reference(small_encoder) -> None:
     import sentencepiece
 
     from train.text_encoder import batch_ids
-    from train.tune_default import embed_texts
+    from train.text_encoder import embed_texts
     from train.use_m import sp_model_path
 
     small, entries, module = small_encoder
@@ -101,7 +101,7 @@ def test_onnx_export_validates(small_encoder, tmp_path: Path) -> None:
 
 @pytest.fixture(scope="module")
 def bank_entries(bank) -> np.ndarray:
-    from train.tune_default import embed_texts
+    from train.text_encoder import embed_texts
 
     return embed_texts(bank.texts)
 
@@ -114,7 +114,7 @@ def bank_entries(bank) -> np.ndarray:
 ])
 def test_morphology_and_typing_do_not_change_the_prediction(bank, bank_entries, variants) -> None:
     """The concept mixture's argmax class is the same for every spelling of a name."""
-    from train.tune_default import embed_texts
+    from train.text_encoder import embed_texts
 
     entries = bank_entries
     index = bank.entry_index()

@@ -111,19 +111,19 @@ GROUP_FILES = ("groups_ru.tsv", "proxies_ru.tsv")
 
 def load_bank(normalize: Callable[[str], str], english: bool = True, inflect: bool = True,
               vocab_dir: Path = VOCAB_DIR, group_files: Sequence[str] = GROUP_FILES,
-              exclude: Sequence[str] = ()) -> ConceptBank:
+              exclude: Sequence[str] = (), exclude_from: Sequence[str] = GROUP_FILES) -> ConceptBank:
     """Build the bank from the vocabulary files; entry texts pass through ``normalize``.
 
     ``group_files``: files of (russian, english, members) rows (groups, visual
-    proxies); ``exclude``: normalised names whose group/proxy rows are left out
-    (to measure on a dev set without its own class names in the bank).
+    proxies); ``exclude``: normalised names whose rows in the ``exclude_from``
+    files are left out (to measure on a dev set without its own class names).
     """
     rows = _read_tsv(vocab_dir / "imagenet_ru.tsv")
     if [int(r["index"]) for r in rows] != list(range(N_IMAGENET)):
         raise ValueError(f"{vocab_dir / 'imagenet_ru.tsv'}: expected indices 0..999 in order")
-    groups = [g for name in group_files for g in _read_tsv(vocab_dir / name)]
     banned = set(exclude)
-    groups = [g for g in groups if not banned & {normalize(n) for n in _split(g["russian"])}]
+    groups = [g for name in group_files for g in _read_tsv(vocab_dir / name)
+              if name not in exclude_from or not banned & {normalize(n) for n in _split(g["russian"])}]
     morph = None
     if inflect:
         import pymorphy3

@@ -74,6 +74,23 @@ def batch_ids(sp, texts: Sequence[str]) -> Dict[str, np.ndarray]:
     return {"input_ids": ids, "attention_mask": mask}
 
 
+def embed_texts(texts: Sequence[str], batch: int = 256) -> np.ndarray:
+    """USE-m embeddings float32 (N, 512) of ``texts`` through the torch port."""
+    import sentencepiece
+
+    from .use_m import sp_model_path
+
+    sp = sentencepiece.SentencePieceProcessor()
+    sp.Load(str(sp_model_path()))
+    model = UseM().eval()
+    out = []
+    with torch.no_grad():
+        for start in range(0, len(texts), batch):
+            feeds = batch_ids(sp, texts[start:start + batch])
+            out.append(model(torch.from_numpy(feeds["input_ids"]), torch.from_numpy(feeds["attention_mask"])).numpy())
+    return np.concatenate(out).astype(np.float32)
+
+
 def export_text_encoder(module: ConceptTextEncoder, out_path: Path, sp, check_texts: List[str]) -> Dict[str, float]:
     """Export to ONNX (opset 17, IR <= 9) and validate against torch; returns the validation numbers.
 

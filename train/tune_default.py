@@ -16,7 +16,7 @@ import json
 import logging
 import sys
 from pathlib import Path
-from typing import Dict, List, Optional, Sequence
+from typing import Dict, List, Optional
 
 import numpy as np
 
@@ -26,34 +26,12 @@ from zeroshot.scoring import predict
 from zeroshot.text import normalize_name
 
 from .concepts import GROUP_FILES, concept_similarities, load_bank, mix
+from .build_default import TRANSDUCTIVE
+from .text_encoder import embed_texts
 
 logger = logging.getLogger(__name__)
 
 NORMALIZE = ["strip", "collapse_spaces", "lowercase", "yo", "trailing_punct"]
-
-
-def embed_texts(texts: Sequence[str], batch: int = 256) -> np.ndarray:
-    """USE-m embeddings (N, 512) of ``texts`` through the torch port."""
-    import sentencepiece
-    import torch
-
-    from .use_m import UseM, sp_model_path
-
-    sp = sentencepiece.SentencePieceProcessor()
-    sp.Load(str(sp_model_path()))
-    model = UseM().eval()
-    out = []
-    with torch.no_grad():
-        for start in range(0, len(texts), batch):
-            seqs = [[1] + sp.EncodeAsIds(t) + [2] for t in texts[start:start + batch]]
-            width = max(map(len, seqs))
-            ids = torch.zeros((len(seqs), width), dtype=torch.long)
-            mask = torch.zeros_like(ids)
-            for i, s in enumerate(seqs):
-                ids[i, :len(s)] = torch.tensor(s)
-                mask[i, :len(s)] = 1
-            out.append(model(ids, mask).numpy())
-    return np.concatenate(out).astype(np.float32)
 
 
 def image_logits(paths: List[Path], variant: str, cfg: Dict) -> np.ndarray:
@@ -62,7 +40,7 @@ def image_logits(paths: List[Path], variant: str, cfg: Dict) -> np.ndarray:
 
     from .image_encoder import load_efficientnet_lite
 
-    model = load_efficientnet_lite(variant)
+    model = load_efficientnet_lite(variant, image_size=cfg["size"])
     out = []
     with torch.no_grad():
         for start in range(0, len(paths), 32):
@@ -91,6 +69,7 @@ def _setting(**changes) -> Dict:
     return base
 
 
+TRANS = TRANSDUCTIVE
 ABLATIONS = [
     ("default", {}),
     ("templates: only '{}'", {"templates": ["{}"]}),
@@ -98,7 +77,8 @@ ABLATIONS = [
     ("bank: + English lemmas", {"english": True}),
     ("bank: no inflections", {"inflect": False}),
     ("bank: no visual proxies", {"proxies": False}),
-    ("bank: dev class names held out", {"holdout": True}),
+    ("bank: dev class names out of proxies", {"holdout": "proxies"}),
+    ("bank: dev class names out of groups+proxies", {"holdout": "all"}),
     ("concept scale 10", {"scale": 10.0}),
     ("concept scale 40", {"scale": 40.0}),
     ("concept top-k 1", {"top_k": 1}),
@@ -106,12 +86,12 @@ ABLATIONS = [
     ("no Sinkhorn balancing", {"balance": None}),
     ("no prototype refinement", {"transductive": None}),
     ("neither balancing nor refinement", {"balance": None, "transductive": None}),
-    ("refinement: 1 iteration", {"transductive": {"method": "prototypes", "iterations": 1, "weight": 1.0,
-                                                   "scale": 10.0, "center": True}}),
-    ("refinement: weight 2", {"transductive": {"method": "prototypes", "iterations": 3, "weight": 2.0,
-                                                "scale": 10.0, "center": True}}),
-    ("refinement: not centred", {"transductive": {"method": "prototypes", "iterations": 3, "weight": 1.0,
-                                                   "scale": 10.0, "center": False}}),
+    ("refinement: 1 iteration", {"transductive": {**TRANS, "iterations": 1}}),
+    ("refinement: 10 iterations", {"transductive": {**TRANS, "iterations": 10}}),
+    ("refinement: weight 2", {"transductive": {**TRANS, "weight": 2.0}}),
+    ("refinement: weight 0.5", {"transductive": {**TRANS, "weight": 0.5}}),
+    ("refinement: not centred", {"transductive": {**TRANS, "center": False}}),
+    ("refinement: probabilities, not log", {"transductive": {**TRANS, "log_features": False}}),
 ]
 
 
@@ -120,12 +100,13 @@ def main(argv: Optional[List[str]] = None) -> int:
     parser.add_argument("--data", type=Path, default=Path("../shared/devsets"))
     parser.add_argument("--gt", type=Path, default=Path("../shared/devsets/gt.json"))
     parser.add_argument("--variant", default="lite2")
+    parser.add_argument("--size", type=int, default=None, help="image size (default: the variant's native size)")
     parser.add_argument("--cache", type=Path, default=Path("/tmp/zeroshot_tune"))
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, stream=sys.stderr, format="%(levelname)s %(name)s: %(message)s")
     from .image_encoder import image_config
 
-    cfg = image_config(args.variant)
+    cfg = image_config(args.variant, args.size)
     gt = json.loads(args.gt.read_text(encoding="utf-8"))
     datasets, _ = discover(args.data)
     norm = lambda s: normalize_name(s, NORMALIZE)  # noqa: E731
@@ -141,8 +122,9 @@ def main(argv: Optional[List[str]] = None) -> int:
         if bkey not in banks:
             exclude = [norm(c) for ds in datasets for c in ds.classes] if s["holdout"] else []
             bank = load_bank(norm, english=s["english"], inflect=s["inflect"], exclude=exclude,
+                             exclude_from=GROUP_FILES if s["holdout"] == "all" else GROUP_FILES[1:],
                              group_files=GROUP_FILES if s["proxies"] else GROUP_FILES[:1])
-            emb = _cached(args.cache / f"bank_{''.join(str(int(v)) for v in bkey)}_{len(bank.texts)}.npy",
+            emb = _cached(args.cache / f"bank_{'_'.join(str(v) for v in bkey)}_{len(bank.texts)}.npy",
                           lambda: embed_texts(bank.texts))
             banks[bkey] = (bank, emb, bank.entry_index())
         bank, emb, index = banks[bkey]
@@ -157,7 +139,7 @@ def main(argv: Optional[List[str]] = None) -> int:
             p = np.exp(z - z.max(1, keepdims=True))
             p /= p.sum(1, keepdims=True)
             scores = np.log(np.maximum(p @ w.T, 1e-12))
-            pred = predict(scores, np.ones(len(scores), bool), ds.class_mask(), s["balance"], z,
+            pred = predict(scores, np.ones(len(scores), bool), ds.class_mask(), s["balance"], p,
                            s["transductive"])
             accs.append(100 * float((pred == truth).mean()))
         rows.append((label, float(np.mean(accs))))

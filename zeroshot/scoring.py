@@ -74,9 +74,16 @@ def _balanced(logits_: np.ndarray, valid: np.ndarray, class_mask: np.ndarray,
     return probs
 
 
-def unit_features(features: np.ndarray, valid: np.ndarray, center: bool) -> np.ndarray:
-    """(N, D) -> L2-normalised rows, centred on the valid rows' mean first if ``center``."""
+def unit_features(features: np.ndarray, valid: np.ndarray, center: bool, log: bool = False) -> np.ndarray:
+    """(N, D) -> L2-normalised rows, centred on the valid rows' mean first if ``center``.
+
+    ``log``: the features are probabilities; use their logarithm with each
+    row's mean removed (equal to the logits up to a per-row constant).
+    """
     f = features.astype(np.float64)
+    if log:
+        f = np.log(np.maximum(f, 1e-30))
+        f -= f.mean(axis=1, keepdims=True)
     if center and valid.any():
         f = f - f[valid].mean(axis=0, keepdims=True)
     return f / np.maximum(np.linalg.norm(f, axis=1, keepdims=True), _EPS)
@@ -90,7 +97,7 @@ def refine(scores: np.ndarray, features: np.ndarray, valid: np.ndarray, class_ma
     of the (centred, normalised) image features of the valid rows, and adds
     ``weight * scale * cosine(image, prototype)`` to the zero-shot logits.
     """
-    f = unit_features(features, valid, bool(cfg.get("center", True)))
+    f = unit_features(features, valid, bool(cfg.get("center", True)), bool(cfg.get("log_features", False)))
     probs = _balanced(scores, valid, class_mask, balance)
     step = float(cfg["weight"]) * float(cfg["scale"])
     for _ in range(int(cfg["iterations"])):

