@@ -76,7 +76,7 @@ def test_bench_measures_every_pipeline(model_with_int8: Path, small_data: Path, 
                 by[name]["steady_images_per_s"] / by["ceiling"]["steady_images_per_s"])
     assert {b["pipeline"] for b in report["bars"]} == {"ours", "ours-int8"}
     assert not any("skipped" in note for note in report["notes"])
-    assert report["int8"] == f"--model {model_with_int8} --variant int8"
+    assert report["legs"]["ours-int8"] == f"--model {model_with_int8} --variant int8"
     table = capsys.readouterr().out
     assert "ours-int8" in table and "baseline" in table and "ceiling" in table
 

@@ -8,7 +8,7 @@ Image sets, built in a temporary folder in the judge's layout:
 - ``large``: ``--large`` generated 3000x2000 JPEGs, where JPEG draft mode pays off.
 
 Pipelines, each in its own process under ``taskset -c CPU`` with OMP_NUM_THREADS=1:
-- ``ours`` (and ``ours-int8``, with ``--variant int8`` or ``--int8-model``): the real
+- ``ours`` (and ``ours-<variant>`` for each variant the manifest lists, ``ours-int8`` for ``--int8-model``): the real
   ``predict.py SET OUT --model DIR --threads 1``, end to end (decode, preprocess, both encoders,
   scores, JSON);
 - ``baseline``: the organisers' setup (train/resnet50.py): PyTorch ResNet-50 fp32, full PIL decode,
@@ -36,7 +36,7 @@ import sys
 import tempfile
 import time
 from pathlib import Path
-from typing import Any, Dict, List, Optional
+from typing import Any, Dict, List, Optional, Tuple
 
 import numpy as np
 from PIL import Image
@@ -119,19 +119,24 @@ def warm_cache(root: Path) -> None:
             path.read_bytes()
 
 
-def int8_leg(args: argparse.Namespace, manifest: Dict[str, Any], notes: List[str]) -> Optional[List[str]]:
-    """predict.py's model arguments for the int8 leg: --int8-model DIR, else the model's ``int8``
-    variant (``--variant int8``); None, with a note saying why, if there is neither."""
+def variant_legs(args: argparse.Namespace, manifest: Dict[str, Any], notes: List[str]) -> List[Tuple[str, List[str]]]:
+    """predict.py's model arguments for the legs beyond ``ours``: one per variant the manifest lists
+    (``ours-<name>``, ``--variant <name>``) whose files differ from the default ones, and ``ours-int8``
+    for --int8-model DIR. A note says when there is none."""
+    legs: List[Tuple[str, List[str]]] = []
+    default = {k: v["path"] for k, v in manifest["files"].items()}
+    for name, variant in sorted(manifest.get("variants", {}).items()):
+        if any(default.get(k) != v["path"] for k, v in variant["files"].items()):
+            legs.append((f"ours-{name}", ["--model", str(args.model), "--variant", name]))
     if args.int8_model is not None:
         if (args.int8_model / MANIFEST_NAME).is_file():
-            return ["--model", str(args.int8_model)]
-        notes.append(f"ours-int8 skipped: {args.int8_model / MANIFEST_NAME} not found")
-        return None
-    if "int8" in manifest.get("variants", {}):
-        return ["--model", str(args.model), "--variant", "int8"]
-    notes.append(f"ours-int8 skipped: no --int8-model given and {args.model / MANIFEST_NAME} lists no int8 "
-                 "variant (python -m train.build_default --int8)")
-    return None
+            legs.append(("ours-int8", ["--model", str(args.int8_model)]))
+        else:
+            notes.append(f"ours-int8 skipped: {args.int8_model / MANIFEST_NAME} not found")
+    if not legs:
+        notes.append(f"only the default files measured: {args.model / MANIFEST_NAME} lists no other variant "
+                     "and no --int8-model was given")
+    return legs
 
 
 # ---------------------------------------------------------------- child processes
@@ -309,7 +314,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m train.bench", description=__doc__.split("\n")[0])
     parser.add_argument("--model", type=Path, default=REPO / "model", help="model folder (default: %(default)s)")
     parser.add_argument("--int8-model", type=Path, default=None,
-                        help="model folder for the int8 leg (default: the model's variants.int8, if listed)")
+                        help="an extra model folder measured as ours-int8 (the manifest's variants are measured anyway)")
     parser.add_argument("--data", type=Path, default=REPO.parent / "shared" / "devsets",
                         help="datasets folder in the judge's layout (default: %(default)s)")
     parser.add_argument("--repeat-to", type=int, default=RSS_BAR_IMAGES,
@@ -328,10 +333,7 @@ def run_bench(args: argparse.Namespace, work: Path) -> Dict[str, Any]:
     """Build the image sets in ``work``, measure every pipeline on each, return the report."""
     manifest = load_manifest(args.model)
     notes: List[str] = []
-    variants = [("ours", ["--model", str(args.model)])]
-    int8 = int8_leg(args, manifest, notes)
-    if int8 is not None:
-        variants.append(("ours-int8", int8))
+    variants = [("ours", ["--model", str(args.model)])] + variant_legs(args, manifest, notes)
     for note in notes:
         logger.warning("%s", note)
     sets: Dict[str, int] = {"dev": make_repeat_set(args.data, args.repeat_to, work / "dev")}
@@ -358,7 +360,7 @@ def run_bench(args: argparse.Namespace, work: Path) -> Dict[str, Any]:
     set_ratios = {name: ratios(rows) for name, rows in results.items()}
     model_name = manifest.get("name", "unnamed")
     return {"cpu": args.cpu, "model": {"dir": str(args.model), "name": model_name},
-            "int8": " ".join(int8) if int8 else None,
+            "legs": {name: " ".join(model_args) for name, model_args in variants},
             "data": str(args.data), "sets": sets,
             "baseline": {"arch": "resnet50", "size": args.baseline_size, "batch": args.baseline_batch},
             "load_average": {"before": load_before, "after": load_after},
