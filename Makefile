@@ -39,7 +39,7 @@ run: model  ## set up and predict DATA (default: the dev set) with the default m
 	PYTHON=$(PY) ./predict.sh $(DATA) $(OUT)
 	@if [ -f "$(GT)" ]; then $(PY) -m zeroshot.evaluate $(GT) $(OUT); fi
 
-test: venv  ## the test suite (CI runs this)
+test: venv vendor  ## the test suite (CI runs this); vendor/ lets it check the real wheels install offline
 	$(PY) -m pytest -q tests
 
 bench: venv  ## images/s on one core: predict.py vs the organisers' ResNet-50 vs the input ceiling (int8: the model's variants.int8 or INT8_MODEL=dir)
