@@ -83,17 +83,6 @@ def make_phrases(seed: int = 0, n_generated: int = 360) -> list[str]:
     return phrases
 
 
-def pad_batch(ids: list[list[int]]) -> tuple[np.ndarray, np.ndarray]:
-    """Right-pad token id lists -> (input_ids int64 (B, L), attention_mask int64 (B, L))."""
-    width = max(map(len, ids))
-    input_ids = np.zeros((len(ids), width), dtype=np.int64)
-    mask = np.zeros_like(input_ids)
-    for i, seq in enumerate(ids):
-        input_ids[i, :len(seq)] = seq
-        mask[i, :len(seq)] = 1
-    return input_ids, mask
-
-
 def cosine_stats(a: np.ndarray, b: np.ndarray) -> tuple[float, float, str]:
     """Row-wise cosine between (N, D) arrays -> (min, mean, index of min as str)."""
     cos = (a * b).sum(1) / (np.linalg.norm(a, axis=1) * np.linalg.norm(b, axis=1))
@@ -133,7 +122,7 @@ def _batches(ids: list[list[int]]):
     for start in range(0, len(ids), BATCH):
         chunk = ids[start:start + BATCH]
         assert len({len(s) for s in chunk}) > 1, "batch should mix lengths (padding exercised)"
-        yield start, pad_batch(chunk)
+        yield start, use_m.pad_ids(chunk)
 
 
 def test_phrase_set(phrases):

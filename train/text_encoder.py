@@ -20,7 +20,7 @@ import torch
 from torch import nn
 
 from .concepts import ConceptBank
-from .use_m import UseM
+from .use_m import UseM, pad_ids
 
 logger = logging.getLogger(__name__)
 
@@ -64,13 +64,7 @@ def build_text_encoder(bank: ConceptBank, entries: np.ndarray, scale: float, top
 
 def batch_ids(sp, texts: Sequence[str]) -> Dict[str, np.ndarray]:
     """Right-padded ids and mask (BOS 1, EOS 2), as the runtime's Tokenizer makes them."""
-    seqs = [[1] + list(sp.EncodeAsIds(t)) + [2] for t in texts]
-    width = max(map(len, seqs))
-    ids = np.zeros((len(seqs), width), dtype=np.int64)
-    mask = np.zeros_like(ids)
-    for i, s in enumerate(seqs):
-        ids[i, :len(s)] = s
-        mask[i, :len(s)] = 1
+    ids, mask = pad_ids([[1] + list(sp.EncodeAsIds(t)) + [2] for t in texts])
     return {"input_ids": ids, "attention_mask": mask}
 
 

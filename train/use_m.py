@@ -107,6 +107,17 @@ def load_use_weights(path: Path | None = None) -> dict[str, np.ndarray]:
     return out
 
 
+def pad_ids(seqs: list[list[int]]) -> tuple[np.ndarray, np.ndarray]:
+    """Right-pad token id lists -> (input_ids int64 (B, L), attention_mask int64 (B, L))."""
+    width = max(map(len, seqs))
+    input_ids = np.zeros((len(seqs), width), dtype=np.int64)
+    mask = np.zeros_like(input_ids)
+    for i, seq in enumerate(seqs):
+        input_ids[i, :len(seq)] = seq
+        mask[i, :len(seq)] = 1
+    return input_ids, mask
+
+
 def _param(arr: np.ndarray) -> nn.Parameter:
     """float32 numpy array -> frozen Parameter."""
     return nn.Parameter(torch.from_numpy(np.ascontiguousarray(arr, dtype=np.float32)), requires_grad=False)
