@@ -37,7 +37,7 @@ model: model/manifest.json  ## build the default model into model/ (offline, fro
 run: model  ## set up and predict DATA (default: the dev set) with the default model, then score it
 	PYTHON=$(PY) ./setup.sh
 	PYTHON=$(PY) ./predict.sh $(DATA) $(OUT)
-	@if [ -f "$(GT)" ]; then $(PY) -m zeroshot.evaluate $(GT) $(OUT); fi
+	@if [ -f "$(GT)" ]; then $(PY) -m zeroshot.evaluate $(GT) $(OUT) --per-class --data $(DATA); fi
 
 test: venv vendor  ## the test suite (CI runs this); vendor/ lets it check the real wheels install offline
 	$(PY) -m pytest -q tests

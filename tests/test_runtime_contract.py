@@ -153,6 +153,21 @@ def test_evaluate_metric_is_mean_of_dataset_accuracies() -> None:
     assert report.clean()
 
 
+def test_evaluate_per_class_names_classes_worst_first(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    gt, pred = tmp_path / "gt.json", tmp_path / "pred.json"
+    gt.write_text(json.dumps({"a": {"1": 0, "2": 0, "3": 1, "4": 1, "5": 2}}))
+    pred.write_text(json.dumps({"a": {"1": 0, "2": 1, "3": 1, "4": 1, "5": 0}}))
+    data = tmp_path / "data"
+    (data / "a" / "img").mkdir(parents=True)
+    (data / "a" / "classes.json").write_text(json.dumps(["кот", "пёс", "ёж"], ensure_ascii=False), encoding="utf-8")
+    report = evaluate(read_json(gt), read_json(pred))
+    assert report.datasets[0].classes == {0: [2, 1], 1: [2, 2], 2: [1, 0]}
+    assert evaluate_main([str(gt), str(pred), "--per-class", "--data", str(data)]) == 0
+    rows = [line.split() for line in capsys.readouterr().out.splitlines() if line.startswith("  ")]
+    assert rows == [["2", "ёж", "1", "0.00"], ["0", "кот", "2", "50.00"], ["1", "пёс", "2", "100.00"]]
+    assert evaluate_main([str(gt), str(pred), "--per-class", "--data", str(tmp_path / "nowhere")]) == 2
+
+
 def test_evaluate_strict_fails_on_missing_and_extra_ids(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
     gt, pred = tmp_path / "gt.json", tmp_path / "pred.json"
     gt.write_text(json.dumps({"a": {"1": 0, "2": 1}}))

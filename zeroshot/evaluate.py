@@ -1,9 +1,11 @@
 """The contest metric: mean over datasets of accuracy x 100.
 
-Usage: ``python -m zeroshot.evaluate GT_JSON PRED_JSON [--strict] [--json OUT]``.
-Prints per-dataset accuracy and the score to stdout. An image missing from
-the predictions counts as wrong; with ``--strict`` missing or extra ids (or
-datasets) make the command fail.
+Usage: ``python -m zeroshot.evaluate GT_JSON PRED_JSON [--strict] [--json OUT]
+[--per-class [--data DATASETS_DIR]]``.
+Prints per-dataset accuracy and the score to stdout; ``--per-class`` adds each
+class's accuracy, worst first (named from DATASETS_DIR's classes.json files).
+An image missing from the predictions counts as wrong; with ``--strict``
+missing or extra ids (or datasets) make the command fail.
 """
 
 from __future__ import annotations
@@ -13,8 +15,9 @@ import logging
 import sys
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Dict, List, Optional
+from typing import Dict, List, Optional, Sequence
 
+from .datasets import discover
 from .outputs import Predictions, read_predictions, write_json_atomic
 
 logger = logging.getLogger(__name__)
@@ -29,6 +32,7 @@ class DatasetScore:
     correct: int
     missing: List[str] = field(default_factory=list)
     extra: List[str] = field(default_factory=list)
+    classes: Dict[int, List[int]] = field(default_factory=dict)  # true label -> [images, correct]
 
     @property
     def accuracy(self) -> float:
@@ -58,10 +62,15 @@ def evaluate(gt: Predictions, pred: Predictions) -> Report:
     scores: List[DatasetScore] = []
     for name in sorted(gt):
         truth, guess = gt[name], pred.get(name, {})
-        correct = sum(1 for key, label in truth.items() if guess.get(key) == label)
+        classes: Dict[int, List[int]] = {}
+        for key, label in truth.items():
+            counts = classes.setdefault(label, [0, 0])
+            counts[0] += 1
+            counts[1] += guess.get(key) == label
+        correct = sum(c for _, c in classes.values())
         missing = sorted(k for k in truth if k not in guess)
         extra = sorted(k for k in guess if k not in truth)
-        scores.append(DatasetScore(name, len(truth), correct, missing, extra))
+        scores.append(DatasetScore(name, len(truth), correct, missing, extra, dict(sorted(classes.items()))))
     return Report(scores, sorted(set(pred) - set(gt)))
 
 
@@ -73,6 +82,18 @@ def format_report(report: Report) -> str:
     for name in report.extra_datasets:
         lines.append(f"{name:<24} {'-':>7} {'-':>9} {'-':>8} {'(not in ground truth)'}")
     lines.append(f"score (mean accuracy x 100): {report.score:.2f}")
+    return "\n".join(lines)
+
+
+def format_per_class(report: Report, class_names: Optional[Dict[str, Sequence[str]]] = None) -> str:
+    """Per dataset, each true class's images and accuracy x 100, worst first (ties by class index)."""
+    lines = []
+    for d in report.datasets:
+        names = (class_names or {}).get(d.name, [])
+        lines.append(f"{d.name}: per class, worst first")
+        for label, (total, correct) in sorted(d.classes.items(), key=lambda kv: (kv[1][1] / kv[1][0], kv[0])):
+            name = names[label] if isinstance(label, int) and 0 <= label < len(names) else ""
+            lines.append(f"  {label:>4} {name:<30} {total:>6} {100 * correct / total:>9.2f}")
     return "\n".join(lines)
 
 
@@ -88,14 +109,20 @@ def main(argv: Optional[List[str]] = None) -> int:
     parser.add_argument("pred", type=Path, help="predictions JSON written by predict.sh")
     parser.add_argument("--strict", action="store_true", help="fail on missing or extra datasets or ids")
     parser.add_argument("--json", type=Path, default=None, help="also write the report as JSON here")
+    parser.add_argument("--per-class", action="store_true", help="also print each class's accuracy, worst first")
+    parser.add_argument("--data", type=Path, default=None,
+                        help="the datasets dir, to name the classes in --per-class (from classes.json)")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s", stream=sys.stderr)
     try:
         report = evaluate(read_predictions(args.gt), read_predictions(args.pred))
+        names = {ds.name: ds.classes for ds in discover(args.data)[0]} if args.data is not None else None
     except (FileNotFoundError, ValueError) as exc:
         logger.error("%s", exc)
         return 2
     sys.stdout.write(format_report(report) + "\n")
+    if args.per_class:
+        sys.stdout.write(format_per_class(report, names) + "\n")
     if args.json is not None:
         write_json_atomic(args.json, report_dict(report))
     if args.strict and not report.clean():
