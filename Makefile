@@ -13,7 +13,7 @@ JUDGE_PYTHON ?= $(PY)
 REF ?=
 JUDGE_ARGS ?=
 
-.PHONY: help venv model run test vendor bundle judge bench clean
+.PHONY: help venv model run data-check test vendor bundle judge bench clean
 
 help:  ## list the targets
 	@grep -E '^[a-z]+:.*## ' $(MAKEFILE_LIST) | sed 's/:.*## /\t/'
@@ -30,14 +30,21 @@ MODEL_SOURCES := $(addprefix train/,build_default.py concepts.py image_encoder.p
 	$(wildcard train/vocab/*.tsv)
 
 model/manifest.json: .venv/.stamp $(MODEL_SOURCES)
-	$(PY) -m train.build_default --out model $(if $(wildcard $(CALIB)),--calibration $(CALIB))
+	@if [ -n "$(CALIB)" ] && [ ! -d "$(CALIB)" ]; then \
+	  echo "make model: no calibration images at CALIB=$(CALIB); the int8 default needs a folder of natural photos:" \
+	    "set CALIB=DIR, or CALIB= for a model without the int8 variant (fp32 only)" >&2; exit 2; fi
+	$(PY) -m train.build_default --out model $(if $(CALIB),--calibration $(CALIB))
 
 model: model/manifest.json  ## build the default model into model/ (offline, from pip-installed weights)
 
-run: model  ## set up and predict DATA (default: the dev set) with the default model, then score it
+run: data-check model  ## set up and predict DATA (default: the dev set) with the default model, then score it
 	PYTHON=$(PY) ./setup.sh
 	PYTHON=$(PY) ./predict.sh $(DATA) $(OUT)
 	@if [ -f "$(GT)" ]; then $(PY) -m zeroshot.evaluate $(GT) $(OUT) --per-class --data $(DATA); fi
+
+data-check:
+	@if [ ! -d "$(DATA)" ]; then \
+	  echo "make run: no datasets folder at DATA=$(DATA); run with DATA=/path/to/datasets" >&2; exit 2; fi
 
 test: venv vendor  ## the test suite (CI runs this); vendor/ lets it check the real wheels install offline
 	$(PY) -m pytest -q tests
