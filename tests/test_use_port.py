@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import json
 import random
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -20,8 +19,7 @@ torch = pytest.importorskip("torch")
 spm = pytest.importorskip("sentencepiece")
 
 REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO / "train"))
-import use_m  # noqa: E402
+from train import use_m  # noqa: E402
 
 CALTECH_CLASSES = Path("/work/shared/devsets/caltech101/classes.json")
 MIN_COS = 0.999

@@ -23,9 +23,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import List, Optional, Sequence
 
-from zeroshot.manifest import MANIFEST_NAME, load_manifest, resolve_file
+from zeroshot.manifest import MANIFEST_NAME, load_manifest, resolve_file, sha256_file
 
-from .vendor import REQUIREMENTS_NAME, find_wheel, read_requirements, sha256_file
+from .vendor import REQUIREMENTS_NAME, find_wheel, read_requirements
 
 logger = logging.getLogger(__name__)
 

@@ -46,10 +46,10 @@ from torch import nn
 from zeroshot.encoders import make_session
 from zeroshot.images import load_image, preprocess
 
+from .onnx_compat import OPSET, finalize_onnx
+
 logger = logging.getLogger(__name__)
 
-OPSET = 17
-MAX_IR_VERSION = 9
 INPUT_NAME = "pixel_values"
 OUTPUT_NAME = "image_probs"
 NUM_CLASSES = 1000
@@ -197,29 +197,7 @@ def _optimize_offline(path: Path) -> None:
     ort.InferenceSession(str(path), sess_options=opts, providers=["CPUExecutionProvider"])
 
 
-def _finalize_onnx(path: Path) -> int:
-    """Drop opset imports no node uses, cap IR at MAX_IR_VERSION, run onnx.checker; returns the IR version.
-
-    onnxruntime's optimizer and quantizer declare every domain they know
-    (ai.onnx.ml 5, com.microsoft, ...), which older runtimes may reject.
-    """
-    import onnx
-
-    proto = onnx.load(str(path))
-    used = {node.domain or "" for node in proto.graph.node}
-    keep = [o for o in proto.opset_import if (o.domain or "") in used or (o.domain or "") == ""]
-    del proto.opset_import[:]
-    proto.opset_import.extend(keep)
-    proto.ir_version = min(proto.ir_version, MAX_IR_VERSION)
-    onnx.checker.check_model(proto)
-    opsets = {o.domain or "ai.onnx": o.version for o in proto.opset_import}
-    if opsets.get("ai.onnx", 0) > OPSET or len(opsets) > 1:
-        raise ValueError(f"{path}: opset imports {opsets}; expected only ai.onnx <= {OPSET}")
-    onnx.save(proto, str(path))
-    return int(proto.ir_version)
-
-
-def _run(session: Any, pixels: np.ndarray, batch: int = 16) -> np.ndarray:
+def run_encoder(session: Any, pixels: np.ndarray, batch: int = 16) -> np.ndarray:
     """float32 (N, 3, S, S) -> float32 (N, 1000) through an onnxruntime session."""
     rows = [session.run([OUTPUT_NAME], {INPUT_NAME: pixels[i:i + batch]})[0] for i in range(0, len(pixels), batch)]
     return np.concatenate(rows).astype(np.float32)
@@ -259,7 +237,7 @@ def _parity(model: nn.Module, path: Path, pixels: np.ndarray) -> Tuple[float, fl
     """(max |torch - onnxruntime|, max |row sum - 1|) on float32 pixels (N, 3, S, S); checks the shape."""
     with torch.no_grad():
         expected = model(torch.from_numpy(pixels)).numpy()
-    got = _run(make_session(path, threads=1), pixels)
+    got = run_encoder(make_session(path, threads=1), pixels)
     if got.shape != (len(pixels), NUM_CLASSES):
         raise ValueError(f"{path}: output shape {got.shape}, expected ({len(pixels)}, {NUM_CLASSES})")
     return float(np.max(np.abs(got - expected))), float(np.max(np.abs(got.sum(axis=1) - 1.0)))
@@ -283,7 +261,7 @@ def export_image_encoder(variant: str, out_path: Path, temperature: float = 1.0,
     model = ProbabilityHead(load_efficientnet_lite(variant, image_size=size), temperature).eval()
     _torch_export(model, out_path, size)
     _optimize_offline(out_path)
-    ir_version = _finalize_onnx(out_path)
+    _, ir_version = finalize_onnx(out_path)
     _check_names(out_path)
     record: Dict[str, Any] = {"variant": variant, "temperature": float(temperature), "opset": OPSET,
                               "ir_version": ir_version, "tolerance": PARITY_TOLERANCE,
@@ -363,10 +341,10 @@ def quantize_image_encoder(fp32_path: Path, out_path: Path, calibration_images: 
                         nodes_to_exclude=_float_nodes(prepared))
     finally:
         prepared.unlink(missing_ok=True)
-    ir_version = _finalize_onnx(out_path)
+    _, ir_version = finalize_onnx(out_path)
     pixels = pixel_batch(list(check_images) or list(calibration_images), cfg, size)
-    fp32 = _run(make_session(fp32_path, threads=1), pixels)
-    int8 = _run(make_session(out_path, threads=1), pixels)
+    fp32 = run_encoder(make_session(fp32_path, threads=1), pixels)
+    int8 = run_encoder(make_session(out_path, threads=1), pixels)
     agreement = float(np.mean(fp32.argmax(1) == int8.argmax(1)))
     record = {"format": "QDQ", "per_channel": True, "reduce_range": True, "activations": "uint8",
               "weights": "int8", "calibration": "minmax", "calibration_images": len(calibration_images),

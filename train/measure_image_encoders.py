@@ -36,8 +36,8 @@ from onnxruntime.quantization.shape_inference import quant_pre_process
 from zeroshot.encoders import make_session
 from zeroshot.images import load_image, preprocess
 
-from .image_encoder import (INPUT_NAME, TF_LITE_MEAN, TF_LITE_STD, export_image_encoder,
-                            image_config, list_images, native_size, pixel_batch, quantize_image_encoder,
+from .image_encoder import (INPUT_NAME, TF_LITE_MEAN, TF_LITE_STD, export_image_encoder, image_config,
+                            list_images, native_size, pixel_batch, quantize_image_encoder, run_encoder,
                             split_images)
 
 logger = logging.getLogger(__name__)
@@ -73,12 +73,6 @@ def hit_rates(probs: np.ndarray, targets: Sequence[Set[int]]) -> Tuple[float, fl
     return top1, any5
 
 
-def run_all(session: Any, pixels: np.ndarray, batch: int = 16) -> np.ndarray:
-    """float32 (N, 3, S, S) -> float32 (N, 1000)."""
-    return np.concatenate([session.run(None, {INPUT_NAME: pixels[i:i + batch]})[0]
-                           for i in range(0, len(pixels), batch)])
-
-
 def images_per_second(session: Any, pixels: np.ndarray, batch: int, seconds: float) -> float:
     """Encoder throughput on ``pixels`` (cycled) at ``batch`` images per run, after one warm-up run."""
     feeds = [pixels[i:i + batch] for i in range(0, len(pixels) - batch + 1, batch)]
@@ -110,7 +104,7 @@ def preprocess_grid(variant: str, work: Path, paths: List[Path], targets: List[S
     rows = []
     for norm, resize, interp in itertools.product(NORMS, ("center_crop", "squash"), ("bilinear", "bicubic")):
         cfg = {"resize": resize, "interpolation": interp, "mean": NORMS[norm][0], "std": NORMS[norm][1]}
-        top1, top5 = hit_rates(run_all(session, pixel_batch(paths, cfg, size)), targets)
+        top1, top5 = hit_rates(run_encoder(session, pixel_batch(paths, cfg, size)), targets)
         rows.append({"variant": variant, "size": size, "norm": norm, "resize": resize, "interpolation": interp,
                      "top1": top1, "top5": top5})
         logger.info("grid %s", json.dumps(rows[-1]))
@@ -150,7 +144,7 @@ def measure_config(spec: str, work: Path, paths: List[Path], targets: List[Set[i
         pixels = pixel_batch(paths, cfg, size)
         reference = None
         for kind, model in models.items():
-            probs = run_all(make_session(model, threads=1), pixels)
+            probs = run_encoder(make_session(model, threads=1), pixels)
             reference = probs if reference is None else reference
             top1, top5 = hit_rates(probs, targets)
             rows.append({"variant": variant, "export_size": export_size, "size": size, "model": kind,

@@ -15,17 +15,15 @@ from pathlib import Path
 from typing import Dict, List, Sequence
 
 import numpy as np
-import onnx
 import torch
 from torch import nn
 
 from .concepts import ConceptBank
+from .onnx_compat import OPSET, finalize_onnx
 from .use_m import UseM, pad_ids
 
 logger = logging.getLogger(__name__)
 
-OPSET = 17
-MAX_IR_VERSION = 9
 OUTPUT_NAME = "class_weights"
 PARITY_TOLERANCE = 1e-4
 
@@ -98,12 +96,7 @@ def export_text_encoder(module: ConceptTextEncoder, out_path: Path, sp, check_te
                       input_names=["input_ids", "attention_mask"], output_names=[OUTPUT_NAME],
                       dynamic_axes={"input_ids": {0: "batch", 1: "length"},
                                     "attention_mask": {0: "batch", 1: "length"}, OUTPUT_NAME: {0: "batch"}})
-    model = onnx.load(str(out_path))
-    if model.ir_version > MAX_IR_VERSION:
-        model.ir_version = MAX_IR_VERSION
-        onnx.save(model, str(out_path))
-    onnx.checker.check_model(model)
-    opset = max(o.version for o in model.opset_import if o.domain in ("", "ai.onnx"))
+    opset, ir_version = finalize_onnx(out_path)
     session = ort.InferenceSession(str(out_path), providers=["CPUExecutionProvider"])
     got = session.run([OUTPUT_NAME], feeds)[0]
     with torch.no_grad():
@@ -114,4 +107,4 @@ def export_text_encoder(module: ConceptTextEncoder, out_path: Path, sp, check_te
         raise ValueError(f"{out_path}: onnxruntime differs from torch by {diff:.2e} > {PARITY_TOLERANCE:.0e}")
     logger.info("text encoder %s: max |torch - onnxruntime| %.2e, top-1 agreement %.3f", out_path, diff, agree)
     return {"max_abs_diff": diff, "tolerance": PARITY_TOLERANCE, "top1_agreement": agree,
-            "opset": opset, "ir_version": int(model.ir_version), "check_texts": len(check_texts)}
+            "opset": opset, "ir_version": ir_version, "check_texts": len(check_texts)}

@@ -23,10 +23,10 @@ import onnx
 from onnx import TensorProto, helper, numpy_helper
 
 from .manifest_io import write_manifest
+from .onnx_compat import OPSET
 
 logger = logging.getLogger(__name__)
 
-OPSET = 17
 IR_VERSION = 8
 DIM = 16
 IMAGE_SIZE = 32

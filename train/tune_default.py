@@ -26,13 +26,10 @@ from zeroshot.scoring import predict
 from zeroshot.text import normalize_name
 
 from .concepts import GROUP_FILES, concept_similarities, load_bank, mix
-from .build_default import TRANSDUCTIVE
+from .build_default import NORMALIZE, TRANSDUCTIVE
 from .text_encoder import embed_texts
 
 logger = logging.getLogger(__name__)
-
-NORMALIZE = ["strip", "collapse_spaces", "lowercase", "yo", "trailing_punct"]
-
 
 def image_logits(paths: List[Path], variant: str, cfg: Dict) -> np.ndarray:
     """ImageNet logits (N, 1000) of the images through EfficientNet-Lite (torch)."""

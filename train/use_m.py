@@ -42,6 +42,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .onnx_compat import OPSET, finalize_onnx
+
 logger = logging.getLogger(__name__)
 
 NUM_CHUNKS = 17
@@ -207,7 +209,7 @@ class UseM(nn.Module):
         return z / norm
 
 
-def export_use_onnx(out_path: Path, opset: int = 17) -> None:
+def export_use_onnx(out_path: Path, opset: int = OPSET) -> None:
     """Export :class:`UseM` to ONNX at ``out_path``.
 
     Single file of ~79 MB: the 65.5 MB uint8 embedding table plus ~13 MB of
@@ -217,11 +219,10 @@ def export_use_onnx(out_path: Path, opset: int = 17) -> None:
     ``text_embeds`` float32 (batch, 512). IR version is capped at 9 and the
     model is checked with onnx.checker and loaded in onnxruntime.
     """
-    import onnx
     import onnxruntime as ort
 
-    if opset > 17:
-        raise ValueError("opset must be <= 17 for onnxruntime 1.16")
+    if opset > OPSET:
+        raise ValueError(f"opset must be <= {OPSET} for onnxruntime 1.16")
     out_path = Path(out_path)
     out_path.parent.mkdir(parents=True, exist_ok=True)
     model = UseM().eval()
@@ -243,20 +244,16 @@ def export_use_onnx(out_path: Path, opset: int = 17) -> None:
             dynamo=False,
             do_constant_folding=True,
         )
-    proto = onnx.load(str(out_path))
-    if proto.ir_version > 9:
-        proto.ir_version = 9
-        onnx.save(proto, str(out_path))
-    onnx.checker.check_model(proto)
+    _, ir_version = finalize_onnx(out_path)
     ort.InferenceSession(str(out_path), providers=["CPUExecutionProvider"])
-    logger.info("exported %s: %.1f MB, ir_version %d", out_path, out_path.stat().st_size / 1e6, proto.ir_version)
+    logger.info("exported %s: %.1f MB, ir_version %d", out_path, out_path.stat().st_size / 1e6, ir_version)
 
 
 def main(argv: list[str] | None = None) -> int:
     """CLI: ``--out PATH`` exports the ONNX model. Logs to stderr, prints nothing."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", type=Path, required=True, help="output .onnx path")
-    parser.add_argument("--opset", type=int, default=17, help="ONNX opset (<= 17)")
+    parser.add_argument("--opset", type=int, default=OPSET, help=f"ONNX opset (<= {OPSET})")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, stream=sys.stderr, format="%(levelname)s %(name)s: %(message)s")
     export_use_onnx(args.out, opset=args.opset)

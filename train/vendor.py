@@ -29,7 +29,6 @@ makes the archive predict the same on 3.8 and 3.11.
 from __future__ import annotations
 
 import argparse
-import hashlib
 import logging
 import os
 import re
@@ -39,6 +38,8 @@ import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Dict, Iterable, List, Optional, Tuple
+
+from zeroshot.manifest import sha256_file
 
 logger = logging.getLogger(__name__)
 
@@ -118,15 +119,6 @@ def read_requirements(path: Path) -> List[Pin]:
         return [parse_pin(line) for line in lines if line]
     except ValueError as exc:
         raise ValueError(f"{path}: {exc}") from exc
-
-
-def sha256_file(path: Path) -> str:
-    """Hex sha256 of a file."""
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def find_wheel(folder: Path, pin: Pin, python: str) -> Optional[Path]:
