@@ -71,3 +71,13 @@ def test_masked_classes_are_never_predicted_and_invalid_rows_get_the_prior() -> 
 def test_all_invalid_rows_still_get_a_class() -> None:
     pred = predict(np.zeros((4, 3), np.float32), np.zeros(4, bool), np.array([False, True, True]), BALANCE)
     assert set(pred.tolist()) <= {1, 2}
+
+
+@pytest.mark.parametrize("key, value", [("center", "no"), ("log_features", 1), ("min_images_per_class", -1),
+                                        ("iterations", 1.5), ("weight", "1")])
+def test_manifest_rejects_a_mistyped_transductive_section(tmp_path, key, value) -> None:
+    from train.tiny_model import build_tiny_model
+
+    section = {"method": "prototypes", "iterations": 2, "weight": 1.0, "scale": 10.0, "center": True}
+    with pytest.raises(ValueError, match=f"transductive.{key}"):
+        build_tiny_model(tmp_path, overrides={"transductive": {**section, key: value}})

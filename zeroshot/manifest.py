@@ -111,6 +111,10 @@ def _check_transductive(section: Optional[Dict[str, Any]], path: Path) -> None:
     for key in ("weight", "scale"):
         _require(isinstance(section.get(key), (int, float)) and section[key] >= 0, path,
                  f"transductive.{key} must be a number >= 0")
+    for key in ("center", "log_features"):
+        _require(isinstance(section.get(key, False), bool), path, f"transductive.{key} must be true or false")
+    mpc = section.get("min_images_per_class", 0)
+    _require(isinstance(mpc, (int, float)) and mpc >= 0, path, "transductive.min_images_per_class must be >= 0")
 
 
 def validate_manifest(manifest: Dict[str, Any], path: Path) -> None:
