@@ -50,17 +50,17 @@ test: venv vendor  ## the test suite (CI runs this); vendor/ lets it check the r
 	$(PY) -m pytest -q tests
 
 bench: venv  ## images/s on one core: predict.py vs the organisers' ResNet-50 vs the input ceiling (int8: the model's variants.int8 or INT8_MODEL=dir)
-	$(PY) -m train.bench --model model --data $(DATA) $(if $(INT8_MODEL),--int8-model $(INT8_MODEL)) \
+	$(PY) -m contest.bench --model model --data $(DATA) $(if $(INT8_MODEL),--int8-model $(INT8_MODEL)) \
 		--out bench/results/bench.json
 
 vendor: .venv/.stamp  ## wheels for the judge (CPython 3.8) and this machine (3.11) in vendor/ (PyPI the first time, then offline)
-	$(PY) -m train.vendor --out vendor
+	$(PY) -m contest.vendor --out vendor
 
 bundle: model vendor  ## the submission archive BUNDLE (dist/submission.zip); prints sizes, fails over CAP_MB (700)
-	$(PY) -m train.bundle --model model --vendor vendor --out $(BUNDLE) --cap-mb $(CAP_MB)
+	$(PY) -m contest.bundle --model model --vendor vendor --out $(BUNDLE) --cap-mb $(CAP_MB)
 
 judge: bundle  ## run BUNDLE like the organisers on DATA: no network, 1 CPU, 8 GB, 23 min; REF=preds.json to compare
-	$(PY) -m train.judge $(BUNDLE) $(DATA) --python $(JUDGE_PYTHON) $(if $(wildcard $(GT)),--gt $(GT)) \
+	$(PY) -m contest.judge $(BUNDLE) $(DATA) --python $(JUDGE_PYTHON) $(if $(wildcard $(GT)),--gt $(GT)) \
 	  $(if $(REF),--reference $(REF)) --out-dir dist/judge $(JUDGE_ARGS)
 
 clean:  ## remove generated files

@@ -33,7 +33,7 @@ if compgen -G "${here}/vendor/*.whl" >/dev/null; then
   if [[ ! -f "${req}" ]]; then
     have="$(cd "${here}/vendor" && ls requirements-py*.txt 2>/dev/null | tr '\n' ' ')"
     echo "setup.sh: vendor/ has no requirements-py${pyver}.txt for this Python (${py}); it has: ${have:-none}." \
-      "Rebuild vendor/ with: python -m train.vendor --python ${pyver}" >&2
+      "Rebuild vendor/ with: python -m contest.vendor --python ${pyver}" >&2
     exit 1
   fi
   if [[ -f "${stamp}" ]] && cmp -s "${req}" "${stamp}"; then

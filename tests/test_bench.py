@@ -1,4 +1,4 @@
-"""train/bench.py end to end on the tiny model: every pipeline measured, ratios from the measured rows."""
+"""contest/bench.py end to end on the tiny model: every pipeline measured, ratios from the measured rows."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ import pytest
 
 from datagen import make_dataset
 
-from train import bench
+from contest import bench
 from zeroshot.datasets import discover
 
 
@@ -47,7 +47,7 @@ def test_repeat_set_has_exactly_n_images_with_unique_ids(small_data: Path, tmp_p
 
 
 def test_resnet50_has_torchvisions_parameter_count() -> None:
-    from train.resnet50 import resnet50
+    from contest.resnet50 import resnet50
 
     assert sum(p.numel() for p in resnet50().parameters()) == 25_557_032
 

@@ -1,4 +1,4 @@
-"""The submission archive (train/bundle.py) and the local judge (train/judge.py), end to end.
+"""The submission archive (contest/bundle.py) and the local judge (contest/judge.py), end to end.
 
 No network: archives are built from the tiny random model, without wheels
 (``--dev``: setup.sh then uses this Python's packages) or with a small wheel
@@ -23,8 +23,8 @@ import pytest
 from conftest import REPO, read_json
 from datagen import make_dataset
 
-from train import bundle, judge
-from train.vendor import REQUIREMENTS_NAME, TARGETS, find_wheel, parse_pin
+from contest import bundle, judge
+from contest.vendor import REQUIREMENTS_NAME, TARGETS, find_wheel, parse_pin
 from zeroshot import cli
 from zeroshot.evaluate import evaluate
 from zeroshot.manifest import MANIFEST_NAME, load_manifest
@@ -212,7 +212,8 @@ def test_judge_fails_when_predictions_differ_from_the_reference(dev_archive: Pat
 
 
 def test_judge_kills_a_run_past_the_time_limit(dev_archive: Path, datasets, tmp_path: Path) -> None:
-    code, summary = run_judge(dev_archive, datasets, tmp_path / "j", "--time-limit", "0.2")
+    # setup.sh alone takes ~0.2 s on a fast machine, so the limit must be far below that to hit it
+    code, summary = run_judge(dev_archive, datasets, tmp_path / "j", "--time-limit", "0.01")
     assert code == 1 and not summary["passed"]
     assert summary["steps"]["setup.sh"]["timed_out"]
     assert any("time limit" in p for p in summary["problems"])

@@ -17,7 +17,7 @@ BLOCK_AND_RUN = r"""
 import sys, importlib.abc, runpy
 class Block(importlib.abc.MetaPathFinder):
     def find_spec(self, name, path, target=None):
-        if name.split(".")[0] in {"torch", "torchvision", "cv2", "tensorflow", "train"}:
+        if name.split(".")[0] in {"torch", "torchvision", "cv2", "tensorflow", "train", "contest"}:
             raise ImportError("blocked by test: " + name)
 sys.meta_path.insert(0, Block())
 sys.argv = sys.argv[1:]

@@ -1,4 +1,4 @@
-"""Building, exporting, validating and quantizing models for the runtime in zeroshot/.
+"""Making model folders for the runtime in zeroshot/: building the default, exporting, quantizing, vocabulary data.
 
 train/ may import the runtime; the runtime never imports train/.
 """

@@ -4,7 +4,7 @@ The encoder maps float32 ``pixel_values`` (B, 3, H, W), preprocessed by
 :func:`zeroshot.images.preprocess` with :func:`image_config`, to float32
 ``image_probs`` (B, 1000): softmax(logits / T) over the ImageNet classes.
 
-Choices, measured with train/measure_image_encoders.py (share of 330 dev
+Choices, measured with train/experiments/measure_image_encoders.py (share of 330 dev
 images of 11 classes with an ImageNet counterpart whose top-1 / top-5 holds
 the right class; one image = 0.3 points):
 

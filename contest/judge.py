@@ -1,6 +1,6 @@
 """A local judge: play the organisers with a submission archive on a datasets folder.
 
-Usage: ``python -m train.judge ARCHIVE DATASETS_DIR [--gt GT_JSON] [--reference PRED_JSON] [--python PY]``.
+Usage: ``python -m contest.judge ARCHIVE DATASETS_DIR [--gt GT_JSON] [--reference PRED_JSON] [--python PY]``.
 
 Unzips ARCHIVE into an empty temp folder, runs ``./setup.sh`` and then
 ``./predict.sh DATASETS_DIR OUT_JSON`` there under the judge's limits, scores
@@ -324,7 +324,7 @@ def format_summary(summary: Dict[str, Any]) -> str:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="python -m train.judge", description=__doc__.split("\n")[0])
+    parser = argparse.ArgumentParser(prog="python -m contest.judge", description=__doc__.split("\n")[0])
     parser.add_argument("archive", type=Path, help="the submission zip (make bundle)")
     parser.add_argument("datasets_dir", type=Path, help="datasets folder as the judge lays it out")
     parser.add_argument("--gt", type=Path, default=None,

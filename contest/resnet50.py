@@ -5,7 +5,7 @@
 - :func:`organisers_preprocess`: PIL decode at full size (no draft mode), resize the
   shorter side to 256/224 of ``size`` (bilinear), center crop ``size``, ImageNet mean/std.
 
-Used by ``train/bench.py``'s ``baseline`` leg; weights do not matter for speed.
+Used by ``contest/bench.py``'s ``baseline`` leg; weights do not matter for speed.
 """
 
 from __future__ import annotations

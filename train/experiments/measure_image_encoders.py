@@ -14,7 +14,7 @@ images whose top-1 / top-5 ImageNet classes contain a mapped class, for:
   ``--dynamic``, dynamic int8 for comparison; with images/s of the encoder
   alone at batch 16 and 1 on one intra-op thread.
 
-Run it pinned to one core: ``taskset -c 0 python -m train.measure_image_encoders ...``.
+Run it pinned to one core: ``taskset -c 0 python -m train.experiments.measure_image_encoders ...``.
 Results go to stdout as a Markdown table (and ``--json-out``); logs to stderr.
 """
 
@@ -36,7 +36,7 @@ from onnxruntime.quantization.shape_inference import quant_pre_process
 from zeroshot.encoders import make_session
 from zeroshot.images import load_image, preprocess
 
-from .image_encoder import (INPUT_NAME, TF_LITE_MEAN, TF_LITE_STD, export_image_encoder, image_config,
+from train.image_encoder import (INPUT_NAME, TF_LITE_MEAN, TF_LITE_STD, export_image_encoder, image_config,
                             list_images, native_size, pixel_batch, quantize_image_encoder, run_encoder,
                             split_images)
 
@@ -204,7 +204,7 @@ def markdown(rows: List[Dict[str, Any]]) -> str:
 
 
 def main(argv: Optional[List[str]] = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m train.measure_image_encoders",
+    parser = argparse.ArgumentParser(prog="python -m train.experiments.measure_image_encoders",
                                      description=__doc__.split("\n")[0])
     parser.add_argument("--images", type=Path, required=True, help="folder of the labelled images")
     parser.add_argument("--gt", type=Path, required=True, help='ground truth {"dataset": {"id": class}}')

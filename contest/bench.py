@@ -1,6 +1,6 @@
 """Images per second on one core: our predict.py against the organisers' baseline and the input ceiling.
 
-Usage: ``make bench`` or ``python -m train.bench [--model DIR] [--int8-model DIR] [--data DIR]
+Usage: ``make bench`` or ``python -m contest.bench [--model DIR] [--int8-model DIR] [--data DIR]
 [--large N] [--repeat-to N] [--out JSON]``.
 
 Image sets, built in a temporary folder in the judge's layout:
@@ -11,7 +11,7 @@ Pipelines, each in its own process under ``taskset -c CPU`` with OMP_NUM_THREADS
 - ``ours`` (and ``ours-<variant>`` for each variant the manifest lists, ``ours-int8`` for ``--int8-model``): the real
   ``predict.py SET OUT --model DIR --threads 1``, end to end (decode, preprocess, both encoders,
   scores, JSON);
-- ``baseline``: the organisers' setup (train/resnet50.py): PyTorch ResNet-50 fp32, full PIL decode,
+- ``baseline``: the organisers' setup (contest/resnet50.py): PyTorch ResNet-50 fp32, full PIL decode,
   resize + center crop 224, batch 10, one torch thread, predictions written as JSON;
 - ``ceiling``: zeroshot.images.load_image + preprocess at the model's image size with no model,
   the most our input stage can deliver.
@@ -191,7 +191,7 @@ def measure_load(name: str, model_args: List[str], work: Path, cpu: int) -> floa
 def measure_leg(leg: str, set_dir: Path, images: int, args: argparse.Namespace, work: Path) -> Dict[str, Any]:
     """The ``baseline`` or ``ceiling`` leg of this module in its own pinned process."""
     timing = work / f"{set_dir.name}-{leg}.timing.json"
-    cmd = [sys.executable, "-m", "train.bench", "--leg", leg, "--data", str(set_dir), "--leg-out", str(timing),
+    cmd = [sys.executable, "-m", "contest.bench", "--leg", leg, "--data", str(set_dir), "--leg-out", str(timing),
            "--model", str(args.model), "--baseline-size", str(args.baseline_size),
            "--baseline-batch", str(args.baseline_batch)]
     run = run_pinned(cmd, work / f"{set_dir.name}-{leg}.log", args.cpu)
@@ -311,7 +311,7 @@ def format_report(report: Dict[str, Any]) -> str:
 # ---------------------------------------------------------------- main
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="python -m train.bench", description=__doc__.split("\n")[0])
+    parser = argparse.ArgumentParser(prog="python -m contest.bench", description=__doc__.split("\n")[0])
     parser.add_argument("--model", type=Path, default=REPO / "model", help="model folder (default: %(default)s)")
     parser.add_argument("--int8-model", type=Path, default=None,
                         help="an extra model folder measured as ours-int8 (the manifest's variants are measured anyway)")

@@ -1,6 +1,6 @@
 """Fill vendor/ with the wheels setup.sh installs offline, and the requirements files it reads.
 
-Usage: ``python -m train.vendor [--out vendor] [--python 3.8 --python 3.11]``.
+Usage: ``python -m contest.vendor [--out vendor] [--python 3.8 --python 3.11]``.
 
 The judge has CPython 3.8 with numpy 1.20, Pillow 8.3 and sentencepiece 0.1.95
 but no onnxruntime; the building machine has CPython 3.11. For each target
@@ -147,8 +147,8 @@ def download(folder: Path, python: str, specs: Iterable[str]) -> None:
 
 def requirements_text(folder: Path, python: str, specs: Iterable[str]) -> str:
     """The requirements file for ``python``: one pinned, hashed line per wheel."""
-    lines = [f"# Written by train/vendor.py for CPython {python} on manylinux x86_64; setup.sh installs",
-             "# these with: pip install --no-index --no-deps --find-links vendor/ (see train/vendor.py)."]
+    lines = [f"# Written by contest/vendor.py for CPython {python} on manylinux x86_64; setup.sh installs",
+             "# these with: pip install --no-index --no-deps --find-links vendor/ (see contest/vendor.py)."]
     for spec in specs:
         pin = parse_pin(spec)
         wheel = find_wheel(folder, pin, python)
@@ -210,7 +210,7 @@ def fill(folder: Path, targets: Dict[str, Tuple[str, ...]]) -> List[Path]:
 
 
 def main(argv: Optional[List[str]] = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m train.vendor", description=__doc__.split("\n")[0])
+    parser = argparse.ArgumentParser(prog="python -m contest.vendor", description=__doc__.split("\n")[0])
     parser.add_argument("--out", type=Path, default=REPO / "vendor", help="wheel folder (default: %(default)s)")
     parser.add_argument("--python", action="append", choices=sorted(TARGETS), default=None,
                         help="target Python version; repeat for several; the folder then holds exactly these "

@@ -1,9 +1,9 @@
-"""Build the submission archive: ``python -m train.bundle [--model DIR] [--vendor DIR] [--out ZIP]``.
+"""Build the submission archive: ``python -m contest.bundle [--model DIR] [--vendor DIR] [--out ZIP]``.
 
 At the archive's root: setup.sh, predict.sh, predict.py, the runtime package
 zeroshot/ (its .py files), model/ (manifest.json and the files it names, each
 checked against its sha256) and vendor/ (the wheels and requirements files of
-train/vendor.py), and nothing else. The zip is deterministic: fixed file order,
+contest/vendor.py), and nothing else. The zip is deterministic: fixed file order,
 fixed timestamps and modes, so the same inputs give the same bytes. Prints a
 size table to stdout and fails (writing nothing) above the cap.
 
@@ -168,7 +168,7 @@ def build(model_dir: Path, vendor_dir: Optional[Path], out: Path, cap_mb: float,
 
 
 def main(argv: Optional[List[str]] = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m train.bundle", description=__doc__.split("\n")[0])
+    parser = argparse.ArgumentParser(prog="python -m contest.bundle", description=__doc__.split("\n")[0])
     parser.add_argument("--model", type=Path, default=REPO / "model", help="model folder (default: %(default)s)")
     parser.add_argument("--vendor", type=Path, default=REPO / "vendor", help="wheel folder (default: %(default)s)")
     parser.add_argument("--dev", action="store_true",
