@@ -41,6 +41,7 @@ from typing import Any, Dict, List, Optional, Tuple
 import numpy as np
 from PIL import Image
 
+from zeroshot.command import make_parser, parse_args
 from zeroshot.datasets import CLASSES_FILE, IMAGES_DIR, discover
 from zeroshot.manifest import MANIFEST_NAME, load_manifest
 
@@ -311,7 +312,7 @@ def format_report(report: Dict[str, Any]) -> str:
 # ---------------------------------------------------------------- main
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="python -m contest.bench", description=__doc__.split("\n")[0])
+    parser = make_parser("python -m contest.bench", __doc__.split("\n")[0])
     parser.add_argument("--model", type=Path, default=REPO / "model", help="model folder (default: %(default)s)")
     parser.add_argument("--int8-model", type=Path, default=None,
                         help="an extra model folder measured as ours-int8 (the manifest's variants are measured anyway)")
@@ -369,9 +370,7 @@ def run_bench(args: argparse.Namespace, work: Path) -> Dict[str, Any]:
 
 
 def main(argv: Optional[List[str]] = None) -> int:
-    args = build_parser().parse_args(argv)
-    logging.basicConfig(level=logging.INFO, stream=sys.stderr, format="%(asctime)s %(levelname)s %(message)s",
-                        datefmt="%H:%M:%S")
+    args = parse_args(build_parser(), argv)
     if args.leg:
         if args.leg == "baseline":
             timing = leg_baseline(args.data, args.leg_out.with_suffix(".predictions.json"), args.baseline_size,

@@ -13,7 +13,6 @@ packages of the Python that runs it (for tests on machines without wheels).
 
 from __future__ import annotations
 
-import argparse
 import logging
 import os
 import sys
@@ -26,6 +25,7 @@ from typing import List, Optional, Sequence
 from zeroshot.manifest import MANIFEST_NAME, load_manifest, resolve_file, sha256_file
 
 from .vendor import REQUIREMENTS_NAME, find_wheel, read_requirements
+from zeroshot.command import make_parser, parse_args
 
 logger = logging.getLogger(__name__)
 
@@ -168,7 +168,7 @@ def build(model_dir: Path, vendor_dir: Optional[Path], out: Path, cap_mb: float,
 
 
 def main(argv: Optional[List[str]] = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m contest.bundle", description=__doc__.split("\n")[0])
+    parser = make_parser("python -m contest.bundle", __doc__.split("\n")[0])
     parser.add_argument("--model", type=Path, default=REPO / "model", help="model folder (default: %(default)s)")
     parser.add_argument("--vendor", type=Path, default=REPO / "vendor", help="wheel folder (default: %(default)s)")
     parser.add_argument("--dev", action="store_true",
@@ -177,8 +177,7 @@ def main(argv: Optional[List[str]] = None) -> int:
                         help="archive to write (default: %(default)s)")
     parser.add_argument("--cap-mb", type=float, default=CAP_MB,
                         help="fail above this many MB (10^6 bytes; default: %(default)s)")
-    args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.INFO, stream=sys.stderr, format="%(levelname)s %(name)s: %(message)s")
+    args = parse_args(parser, argv)
     try:
         size = build(args.model, None if args.dev else args.vendor, args.out, args.cap_mb)
     except (FileNotFoundError, ValueError) as exc:

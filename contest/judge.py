@@ -40,6 +40,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, Dict, List, Optional
 
+from zeroshot.command import make_parser, parse_args
 from zeroshot.evaluate import evaluate, format_report, report_dict
 from zeroshot.outputs import Predictions, read_predictions, write_json_atomic
 
@@ -324,7 +325,7 @@ def format_summary(summary: Dict[str, Any]) -> str:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="python -m contest.judge", description=__doc__.split("\n")[0])
+    parser = make_parser("python -m contest.judge", __doc__.split("\n")[0])
     parser.add_argument("archive", type=Path, help="the submission zip (make bundle)")
     parser.add_argument("datasets_dir", type=Path, help="datasets folder as the judge lays it out")
     parser.add_argument("--gt", type=Path, default=None,
@@ -443,8 +444,7 @@ def finish(summary: Dict[str, Any], args: argparse.Namespace, pred_path: Path) -
 
 
 def main(argv: Optional[List[str]] = None) -> int:
-    args = build_parser().parse_args(argv)
-    logging.basicConfig(level=logging.INFO, stream=sys.stderr, format="%(levelname)s %(name)s: %(message)s")
+    args = parse_args(build_parser(), argv)
     for path, what in ((args.archive, "archive"), (args.datasets_dir, "datasets folder")):
         if not path.exists():
             logger.error("%s: %s not found", path, what)

@@ -28,7 +28,6 @@ makes the archive predict the same on 3.8 and 3.11.
 
 from __future__ import annotations
 
-import argparse
 import logging
 import os
 import re
@@ -40,6 +39,7 @@ from pathlib import Path
 from typing import Dict, Iterable, List, Optional, Tuple
 
 from zeroshot.manifest import sha256_file
+from zeroshot.command import make_parser, parse_args
 
 logger = logging.getLogger(__name__)
 
@@ -210,13 +210,12 @@ def fill(folder: Path, targets: Dict[str, Tuple[str, ...]]) -> List[Path]:
 
 
 def main(argv: Optional[List[str]] = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m contest.vendor", description=__doc__.split("\n")[0])
+    parser = make_parser("python -m contest.vendor", __doc__.split("\n")[0])
     parser.add_argument("--out", type=Path, default=REPO / "vendor", help="wheel folder (default: %(default)s)")
     parser.add_argument("--python", action="append", choices=sorted(TARGETS), default=None,
                         help="target Python version; repeat for several; the folder then holds exactly these "
                              "(default: all of %s)" % sorted(TARGETS))
-    args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.INFO, stream=sys.stderr, format="%(levelname)s %(name)s: %(message)s")
+    args = parse_args(parser, argv)
     targets = {p: TARGETS[p] for p in (args.python or sorted(TARGETS))}
     try:
         wheels = fill(args.out, targets)

@@ -15,7 +15,6 @@ Usage: ``python -m train.build_default --out model``.
 
 from __future__ import annotations
 
-import argparse
 import logging
 import shutil
 import sys
@@ -26,6 +25,7 @@ from zeroshot.text import normalize_name
 
 from .concepts import load_bank
 from .manifest_io import write_manifest
+from zeroshot.command import make_parser, parse_args
 
 logger = logging.getLogger(__name__)
 
@@ -117,12 +117,11 @@ def build(out: Path, calibration: Optional[Path]) -> Dict[str, Any]:
 
 
 def main(argv: Optional[List[str]] = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m train.build_default", description=__doc__.split("\n")[0])
+    parser = make_parser("python -m train.build_default", __doc__.split("\n")[0])
     parser.add_argument("--out", type=Path, default=Path("model"))
     parser.add_argument("--calibration", type=Path, default=None,
                         help="folder of natural images for the export checks and the int8 variant's calibration")
-    args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.INFO, stream=sys.stderr, format="%(levelname)s %(name)s: %(message)s")
+    args = parse_args(parser, argv)
     build(args.out, args.calibration)
     return 0
 

@@ -28,7 +28,6 @@ Usage::
 
 from __future__ import annotations
 
-import argparse
 import importlib
 import json
 import logging
@@ -47,6 +46,7 @@ from zeroshot.encoders import make_session
 from zeroshot.images import load_image, preprocess
 
 from .onnx_compat import OPSET, finalize_onnx
+from zeroshot.command import make_parser, parse_args
 
 logger = logging.getLogger(__name__)
 
@@ -360,7 +360,7 @@ def quantize_image_encoder(fp32_path: Path, out_path: Path, calibration_images: 
 
 def main(argv: Optional[List[str]] = None) -> int:
     """CLI: export (and optionally quantize) one variant; validation numbers go to stderr."""
-    parser = argparse.ArgumentParser(prog="python -m train.image_encoder", description=__doc__.split("\n")[0])
+    parser = make_parser("python -m train.image_encoder", __doc__.split("\n")[0])
     parser.add_argument("--variant", choices=VARIANTS, default="lite0")
     parser.add_argument("--out", type=Path, required=True, help="fp32 .onnx output path")
     parser.add_argument("--size", type=int, default=None, help="input side (default: the variant's native size)")
@@ -368,8 +368,7 @@ def main(argv: Optional[List[str]] = None) -> int:
     parser.add_argument("--int8-out", type=Path, default=None, help="also write a static int8 QDQ model here")
     parser.add_argument("--calibration-dir", type=Path, default=None,
                         help=f"images for int8 calibration (first {CALIBRATION_IMAGES}) and for the checks")
-    args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.INFO, stream=sys.stderr, format="%(levelname)s %(name)s: %(message)s")
+    args = parse_args(parser, argv)
     if args.int8_out and not args.calibration_dir:
         parser.error("--int8-out needs --calibration-dir")
     calibration, check = split_images(list_images(args.calibration_dir)) if args.calibration_dir else ([], [])

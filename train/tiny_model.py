@@ -11,7 +11,6 @@ Usage: ``python -m train.tiny_model OUT_DIR [--seed N]``.
 
 from __future__ import annotations
 
-import argparse
 import logging
 import random
 import sys
@@ -24,6 +23,7 @@ from onnx import TensorProto, helper, numpy_helper
 
 from .manifest_io import write_manifest
 from .onnx_compat import OPSET
+from zeroshot.command import make_parser, parse_args
 
 logger = logging.getLogger(__name__)
 
@@ -143,11 +143,10 @@ def build_tiny_model(out_dir: Path, seed: int = 0, overrides: Optional[Dict[str,
 
 
 def main(argv: Optional[List[str]] = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m train.tiny_model", description=__doc__.split("\n")[0])
+    parser = make_parser("python -m train.tiny_model", __doc__.split("\n")[0])
     parser.add_argument("out_dir", type=Path)
     parser.add_argument("--seed", type=int, default=0)
-    args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.INFO, stream=sys.stderr, format="%(levelname)s %(name)s: %(message)s")
+    args = parse_args(parser, argv)
     build_tiny_model(args.out_dir, args.seed)
     return 0
 

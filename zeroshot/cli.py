@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import List, Optional
 
 from .budget import Budget
+from .command import make_parser, parse_args
 from .datasets import discover
 from .encoders import Model, available_cpus
 from .outputs import write_json_atomic
@@ -29,7 +30,7 @@ DEFAULT_MODEL_DIR = Path(__file__).resolve().parent.parent / "model"
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="predict.py", description="Zero-shot image classification with "
+    parser = make_parser("predict.py", "Zero-shot image classification with "
                                      "class names from each dataset's classes.json; writes the judge's JSON.")
     parser.add_argument("datasets_dir", type=Path, nargs="?",
                         help="folder of datasets: <name>/classes.json and <name>/img/")
@@ -48,7 +49,6 @@ def build_parser() -> argparse.ArgumentParser:
                              "(default: 23 min minus %d s = %%(default)s)" % SAFETY_MARGIN_S)
     parser.add_argument("--strict", action="store_true",
                         help="exit 1 if any image or dataset had a problem (the JSON is still written)")
-    parser.add_argument("--log-level", default="INFO", choices=["DEBUG", "INFO", "WARNING", "ERROR"])
     return parser
 
 
@@ -73,11 +73,9 @@ def check(model_dir: Path, variant: Optional[str]) -> int:
 
 def main(argv: Optional[List[str]] = None) -> int:
     parser = build_parser()
-    args = parser.parse_args(argv)
+    args = parse_args(parser, argv)
     if not args.check and (args.datasets_dir is None or args.out_json is None):
         parser.error("DATASETS_DIR and OUT_JSON are required (or --check)")
-    logging.basicConfig(level=args.log_level, stream=sys.stderr,
-                        format="%(asctime)s %(levelname)s %(message)s", datefmt="%H:%M:%S")
     if args.check:
         return check(args.model, args.variant)
     started = time.monotonic()

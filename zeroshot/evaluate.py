@@ -10,7 +10,6 @@ missing or extra ids (or datasets) make the command fail.
 
 from __future__ import annotations
 
-import argparse
 import logging
 import sys
 from dataclasses import asdict, dataclass, field
@@ -19,6 +18,7 @@ from typing import Dict, List, Optional, Sequence
 
 from .datasets import discover
 from .outputs import Predictions, read_predictions, write_json_atomic
+from .command import make_parser, parse_args
 
 logger = logging.getLogger(__name__)
 
@@ -104,7 +104,7 @@ def report_dict(report: Report) -> Dict[str, object]:
 
 
 def main(argv: Optional[List[str]] = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m zeroshot.evaluate", description=__doc__.split("\n")[0])
+    parser = make_parser("python -m zeroshot.evaluate", __doc__.split("\n")[0])
     parser.add_argument("gt", type=Path, help="ground truth JSON in the judge's format")
     parser.add_argument("pred", type=Path, help="predictions JSON written by predict.sh")
     parser.add_argument("--strict", action="store_true", help="fail on missing or extra datasets or ids")
@@ -112,8 +112,7 @@ def main(argv: Optional[List[str]] = None) -> int:
     parser.add_argument("--per-class", action="store_true", help="also print each class's accuracy, worst first")
     parser.add_argument("--data", type=Path, default=None,
                         help="the datasets dir, to name the classes in --per-class (from classes.json)")
-    args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s", stream=sys.stderr)
+    args = parse_args(parser, argv)
     try:
         report = evaluate(read_predictions(args.gt), read_predictions(args.pred))
         names = {ds.name: ds.classes for ds in discover(args.data)[0]} if args.data is not None else None

@@ -20,7 +20,6 @@ Results go to stdout as a Markdown table (and ``--json-out``); logs to stderr.
 
 from __future__ import annotations
 
-import argparse
 import itertools
 import json
 import logging
@@ -39,6 +38,7 @@ from zeroshot.images import load_image, preprocess
 from train.image_encoder import (INPUT_NAME, TF_LITE_MEAN, TF_LITE_STD, export_image_encoder, image_config,
                             list_images, native_size, pixel_batch, quantize_image_encoder, run_encoder,
                             split_images)
+from zeroshot.command import make_parser, parse_args
 
 logger = logging.getLogger(__name__)
 
@@ -204,8 +204,7 @@ def markdown(rows: List[Dict[str, Any]]) -> str:
 
 
 def main(argv: Optional[List[str]] = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m train.experiments.measure_image_encoders",
-                                     description=__doc__.split("\n")[0])
+    parser = make_parser("python -m train.experiments.measure_image_encoders", __doc__.split("\n")[0])
     parser.add_argument("--images", type=Path, required=True, help="folder of the labelled images")
     parser.add_argument("--gt", type=Path, required=True, help='ground truth {"dataset": {"id": class}}')
     parser.add_argument("--dataset", required=True, help="dataset name inside --gt")
@@ -221,8 +220,7 @@ def main(argv: Optional[List[str]] = None) -> int:
     parser.add_argument("--seconds", type=float, default=3.0, help="timing length per measurement")
     parser.add_argument("--rounds", type=int, default=3, help="interleaved timing rounds (median reported)")
     parser.add_argument("--json-out", type=Path, default=None)
-    args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.INFO, stream=sys.stderr, format="%(levelname)s %(name)s: %(message)s")
+    args = parse_args(parser, argv)
     logging.getLogger().handlers[0].addFilter(lambda r: not r.getMessage().startswith("Increased scale"))
     raw = Path(args.class_map[1:]).read_text(encoding="utf-8") if args.class_map.startswith("@") else args.class_map
     class_map = {int(k): [int(i) for i in v] for k, v in json.loads(raw).items()}
