@@ -387,7 +387,7 @@ def main(argv: Optional[List[str]] = None) -> int:
         return 2
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(report, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
-    print(format_report(report))
+    sys.stdout.write(format_report(report) + "\n")
     logger.info("wrote %s", args.out)
     return 0
 

