@@ -2,13 +2,15 @@
 SHELL := /bin/bash
 .DEFAULT_GOAL := help
 PY := .venv/bin/python
-DATA ?= ../shared/devsets
+# the judge's limits and the repo's paths live in zeroshot/limits.py (standard library only: any python3 reads it)
+limit = $(shell python3 -m zeroshot.limits $(1))
+DATA ?= $(call limit,DEVSETS_DIR)
 GT ?= $(DATA)/gt.json
 OUT ?= dist/predictions.json
 # natural images for the export checks and the int8 calibration (the dev set's images)
-CALIB ?= ../shared/devsets/caltech101/img
+CALIB ?= $(call limit,CALIBRATION_DIR)
 BUNDLE ?= dist/submission.zip
-CAP_MB ?= 700
+CAP_MB ?= $(call limit,ARCHIVE_CAP_MB)
 JUDGE_PYTHON ?= $(PY)
 REF ?=
 JUDGE_ARGS ?=
@@ -56,8 +58,8 @@ bench: venv  ## images/s on one core: predict.py vs the organisers' ResNet-50 vs
 vendor: .venv/.stamp  ## wheels for the judge (CPython 3.8) and this machine (3.11) in vendor/ (PyPI the first time, then offline)
 	$(PY) -m contest.vendor --out vendor
 
-bundle: model vendor  ## the submission archive BUNDLE (dist/submission.zip); prints sizes, fails over CAP_MB (700)
-	$(PY) -m contest.bundle --model model --vendor vendor --out $(BUNDLE) --cap-mb $(CAP_MB)
+bundle: model vendor  ## the submission archive BUNDLE (dist/submission.zip); prints sizes, fails over CAP_MB (default: the judge's cap)
+	$(PY) -m contest.bundle --model model --vendor vendor --out $(BUNDLE) $(if $(CAP_MB),--cap-mb $(CAP_MB))
 
 judge: bundle  ## run BUNDLE like the organisers on DATA: no network, 1 CPU, 8 GB, 23 min; REF=preds.json to compare
 	$(PY) -m contest.judge $(BUNDLE) $(DATA) --python $(JUDGE_PYTHON) $(if $(wildcard $(GT)),--gt $(GT)) \

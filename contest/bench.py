@@ -43,16 +43,17 @@ from PIL import Image
 
 from zeroshot.command import make_parser, parse_args
 from zeroshot.datasets import CLASSES_FILE, IMAGES_DIR, discover
+from zeroshot.limits import DEVSETS_DIR, JUDGE_IMAGES, MODEL_DIR
+from zeroshot.limits import REPO_ROOT as REPO
 from zeroshot.manifest import MANIFEST_NAME, load_manifest
 
 logger = logging.getLogger(__name__)
 
-REPO = Path(__file__).resolve().parent.parent
 DEFAULT_OUT = REPO / "bench" / "results" / "bench.json"
 LARGE_SIZE = (3000, 2000)
 SPEED_BAR = 5.0           # ours >= 5x the baseline's images/s (end to end, dev set)
 RSS_BAR_MB = 2048.0       # peak RSS under 2 GB ...
-RSS_BAR_IMAGES = 2200     # ... over 2,200 images
+RSS_BAR_IMAGES = JUDGE_IMAGES  # ... over the judge's number of images
 NO_BUDGET_S = "1e9"       # ours runs its full path on every image, whatever the judge's budget
 _LAUNCHER = """
 import json, resource, subprocess, sys, time
@@ -313,17 +314,18 @@ def format_report(report: Dict[str, Any]) -> str:
 
 def build_parser() -> argparse.ArgumentParser:
     parser = make_parser("python -m contest.bench", __doc__.split("\n")[0])
-    parser.add_argument("--model", type=Path, default=REPO / "model", help="model folder (default: %(default)s)")
+    parser.add_argument("--model", type=Path, default=MODEL_DIR, help="model folder (default: %(default)s)")
     parser.add_argument("--int8-model", type=Path, default=None,
                         help="an extra model folder measured as ours-int8 (the manifest's variants are measured anyway)")
-    parser.add_argument("--data", type=Path, default=REPO.parent / "shared" / "devsets",
+    parser.add_argument("--data", type=Path, default=DEVSETS_DIR,
                         help="datasets folder in the judge's layout (default: %(default)s)")
-    parser.add_argument("--repeat-to", type=int, default=RSS_BAR_IMAGES,
+    parser.add_argument("--repeat-to", type=int, default=JUDGE_IMAGES,
                         help="images in the dev set, repeating --data by symlinks (default: %(default)s)")
     parser.add_argument("--large", type=int, default=40, help="generated 3000x2000 JPEGs (0: no such set)")
     parser.add_argument("--baseline-size", type=int, default=224, help="baseline crop size (default: %(default)s)")
     parser.add_argument("--baseline-batch", type=int, default=10, help="baseline batch (default: %(default)s)")
-    parser.add_argument("--cpu", type=int, default=0, help="the one CPU every pipeline is pinned to")
+    parser.add_argument("--cpu", type=int, default=min(os.sched_getaffinity(0)),
+                        help="the one CPU every pipeline is pinned to (default: the first this process may use)")
     parser.add_argument("--out", type=Path, default=DEFAULT_OUT, help="JSON report (default: %(default)s)")
     parser.add_argument("--leg", choices=["baseline", "ceiling"], help=argparse.SUPPRESS)
     parser.add_argument("--leg-out", type=Path, help=argparse.SUPPRESS)

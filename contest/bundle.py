@@ -22,6 +22,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import List, Optional, Sequence
 
+from zeroshot.limits import ARCHIVE_CAP_MB as CAP_MB
+from zeroshot.limits import MODEL_DIR
+from zeroshot.limits import REPO_ROOT as REPO
 from zeroshot.manifest import MANIFEST_NAME, load_manifest, resolve_file, sha256_file
 
 from .vendor import REQUIREMENTS_NAME, find_wheel, read_requirements
@@ -29,12 +32,10 @@ from zeroshot.command import make_parser, parse_args
 
 logger = logging.getLogger(__name__)
 
-REPO = Path(__file__).resolve().parent.parent
 ROOT_FILES = ("setup.sh", "predict.sh", "predict.py")
 RUNTIME_PACKAGE = "zeroshot"
 ALLOWED_TOP = frozenset(ROOT_FILES + (RUNTIME_PACKAGE, "model", "vendor"))
 EXECUTABLE = frozenset(ROOT_FILES)
-CAP_MB = 700.0
 ZIP_TIME = (1980, 1, 1, 0, 0, 0)
 STORED_SUFFIXES = (".whl",)
 
@@ -169,7 +170,7 @@ def build(model_dir: Path, vendor_dir: Optional[Path], out: Path, cap_mb: float,
 
 def main(argv: Optional[List[str]] = None) -> int:
     parser = make_parser("python -m contest.bundle", __doc__.split("\n")[0])
-    parser.add_argument("--model", type=Path, default=REPO / "model", help="model folder (default: %(default)s)")
+    parser.add_argument("--model", type=Path, default=MODEL_DIR, help="model folder (default: %(default)s)")
     parser.add_argument("--vendor", type=Path, default=REPO / "vendor", help="wheel folder (default: %(default)s)")
     parser.add_argument("--dev", action="store_true",
                         help="leave vendor/ out: setup.sh then uses the packages of the Python that runs it")

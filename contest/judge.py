@@ -42,6 +42,10 @@ from typing import Any, Dict, List, Optional
 
 from zeroshot.command import make_parser, parse_args
 from zeroshot.evaluate import evaluate, format_report, report_dict
+from zeroshot.limits import JUDGE_IMAGES as PROJECT_IMAGES
+from zeroshot.limits import JUDGE_MEMORY_GB as MEMORY_GB
+from zeroshot.limits import JUDGE_TIME_LIMIT_S as TIME_LIMIT_S
+from zeroshot.limits import REPO_ROOT as REPO
 from zeroshot.outputs import Predictions, read_predictions, write_json_atomic
 
 from .bundle import ALLOWED_TOP
@@ -49,10 +53,6 @@ from .vendor import REQUIREMENTS_NAME, read_requirements
 
 logger = logging.getLogger(__name__)
 
-REPO = Path(__file__).resolve().parent.parent
-TIME_LIMIT_S = 23 * 60
-MEMORY_GB = 8.0
-PROJECT_IMAGES = 2200
 DEPS_DIR = ".deps/py{}"  # where setup.sh installs and predict.sh looks, per Python version
 POLL_S = 0.1
 LOG_TAIL_LINES = 25

@@ -43,7 +43,6 @@ from zeroshot.command import make_parser, parse_args
 
 logger = logging.getLogger(__name__)
 
-REPO = Path(__file__).resolve().parent.parent
 PLATFORM = "manylinux2014_x86_64"
 TARGETS: Dict[str, Tuple[str, ...]] = {
     "3.8": ("onnxruntime==1.16.3", "numpy==1.24.4", "pillow==10.4.0", "sentencepiece==0.2.0"),

@@ -14,6 +14,8 @@ import pytest
 
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
+# the first CPU this process may use (taskset -c 0 fails where CPU 0 is not in the affinity mask)
+FIRST_CPU = min(os.sched_getaffinity(0))
 
 
 @pytest.fixture(scope="session")

@@ -27,6 +27,7 @@ from contest import bundle, judge
 from contest.vendor import REQUIREMENTS_NAME, TARGETS, find_wheel, parse_pin
 from zeroshot import cli
 from zeroshot.evaluate import evaluate
+from zeroshot.limits import JUDGE_IMAGES, JUDGE_MEMORY_GB
 from zeroshot.manifest import MANIFEST_NAME, load_manifest
 
 PY_TAG = "%d.%d" % sys.version_info[:2]
@@ -188,11 +189,11 @@ def test_judge_passes_the_archive_with_the_plain_run_predictions(dev_archive: Pa
     assert summary["passed"] and summary["score"] == pytest.approx(expected)
     assert f"score (mean accuracy x 100): {expected:.2f}" in out
     assert summary["images"] == 9 and summary["images_per_s"] > 0
-    assert summary["projected"]["images"] == 2200 and summary["projected"]["seconds"] > 0
+    assert summary["projected"]["images"] == JUDGE_IMAGES and summary["projected"]["seconds"] > 0
     assert summary["reference"]["differ"] == 0 and summary["reference"]["compared"] == 9
     assert summary["top_level"] == ["model", "predict.py", "predict.sh", "setup.sh", "zeroshot"]
     inside = summary["inside"]
-    assert len(inside["cpus"]) == 1 and inside["rlimit_as"] == 8_000_000_000
+    assert len(inside["cpus"]) == 1 and inside["rlimit_as"] == int(JUDGE_MEMORY_GB * 1e9)
     if NETWORK:
         assert inside["interfaces"] in ([], ["lo"])
     assert read_json(tmp_path / "j" / "predictions.json") == read_json(plain_run)

@@ -65,17 +65,13 @@ def small_encoder(bank):
 
 
 def test_torch_module_matches_the_numpy_reference(small_encoder) -> None:
-    import sentencepiece
-
-    from train.text_encoder import batch_ids
+    from train.contract import token_feeds, tokenizer
     from train.text_encoder import embed_texts
     from train.use_m import sp_model_path
 
     small, entries, module = small_encoder
     texts = ["линь", "золотая рыбка", "акула", "петух", "воробей"]
-    sp = sentencepiece.SentencePieceProcessor()
-    sp.Load(str(sp_model_path()))
-    feeds = {k: torch.from_numpy(v) for k, v in batch_ids(sp, texts).items()}
+    feeds = {k: torch.from_numpy(v) for k, v in token_feeds(tokenizer(sp_model_path()), texts).items()}
     with torch.no_grad():
         got = module(feeds["input_ids"], feeds["attention_mask"]).numpy()
     want = mix(concept_similarities(embed_texts(texts), entries, small.entry_index()), small.distributions, 20.0, (5,))
@@ -85,15 +81,14 @@ def test_torch_module_matches_the_numpy_reference(small_encoder) -> None:
 
 def test_onnx_export_validates(small_encoder, tmp_path: Path) -> None:
     import onnx
-    import sentencepiece
 
+    from train.contract import tokenizer
     from train.text_encoder import export_text_encoder
     from train.use_m import sp_model_path
 
     _, _, module = small_encoder
-    sp = sentencepiece.SentencePieceProcessor()
-    sp.Load(str(sp_model_path()))
-    record = export_text_encoder(module, tmp_path / "t.onnx", sp, ["акула", "рыбы", "тигровая акула"])
+    record = export_text_encoder(module, tmp_path / "t.onnx", tokenizer(sp_model_path()),
+                                 ["акула", "рыбы", "тигровая акула"])
     assert record["max_abs_diff"] <= record["tolerance"]
     model = onnx.load(str(tmp_path / "t.onnx"))
     assert model.ir_version <= 9 and max(o.version for o in model.opset_import) <= 17

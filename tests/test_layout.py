@@ -61,3 +61,49 @@ def test_every_command_uses_the_shared_skeleton() -> None:
         assert "make_parser(" in source and "parse_args(" in source, path
         assert "def main(argv: Optional[List[str]] = None) -> int:" in source, path
         assert "argparse.ArgumentParser(" not in source and "basicConfig" not in source, path
+
+
+def test_the_judges_limits_are_the_contest_rules() -> None:
+    """Yandex ML Cup 2021 CV: 23 minutes, 8 GB, archive <= 700 MB; about 2,200 test images."""
+    from zeroshot import limits
+
+    assert (limits.JUDGE_TIME_LIMIT_S, limits.JUDGE_MEMORY_GB, limits.ARCHIVE_CAP_MB, limits.JUDGE_IMAGES) == (
+        23 * 60, 8.0, 700.0, 2200)
+    assert limits.REPO_ROOT == REPO and limits.DEVSETS_DIR == REPO.parent / "shared" / "devsets"
+
+
+def test_no_fact_is_typed_twice() -> None:
+    """The limits and the dev set's location appear as literals only in zeroshot/limits.py."""
+    patterns = ("23 * 60", "= 2200", "8_000_000_000", "700.0", '"shared"', "shared/devsets", "/work/")
+    for path in PYTHON_FILES:
+        if path.name in ("limits.py", "test_layout.py"):
+            continue
+        source = path.read_text(encoding="utf-8")
+        assert not [p for p in patterns if p in source], path
+
+
+def test_the_model_contract_is_typed_once_in_train() -> None:
+    """File names, text input names and tokenizer ids come from train/contract.py in every exporter."""
+    patterns = ('"input_ids"', '"attention_mask"', '"tokenizer.model"', '"text_encoder.onnx"', '"image_encoder.onnx"',
+                '"image_encoder.int8.onnx"', '"bos_id": ', 'bos_id=1', '"eos_id": ', 'eos_id=2', '"sentencepiece"',
+                '"collapse_spaces"')
+    for path in sorted((REPO / "train").rglob("*.py")):
+        if path.name != "contract.py":
+            source = path.read_text(encoding="utf-8")
+            assert not [p for p in patterns if p in source], path
+
+
+def test_text_config_is_what_the_runtime_reads(tmp_path: Path) -> None:
+    """The tiny model's manifest carries contract.text_config, and the runtime's Tokenizer follows its ids."""
+    from train.contract import SENTENCEPIECE_IDS, text_config, token_feeds, tokenizer
+    from train.tiny_model import build_tiny_model
+    from zeroshot.encoders import Model
+
+    manifest = build_tiny_model(tmp_path, seed=1)
+    assert manifest["text"] == text_config("text_embeds", ["{}", "фото: {}"])
+    model = Model(tmp_path, threads=1)
+    feeds = token_feeds(tokenizer(tmp_path / manifest["files"]["tokenizer"]["path"], manifest["text"]["tokenizer"]),
+                        ["кот", "рыжий кот"])
+    ids, mask = model.tokenizer.batch(["кот", "рыжий кот"])
+    assert (feeds["input_ids"] == ids).all() and (feeds["attention_mask"] == mask).all()
+    assert ids[0, 0] == SENTENCEPIECE_IDS["bos_id"] and ids[0, mask[0].sum() - 1] == SENTENCEPIECE_IDS["eos_id"]

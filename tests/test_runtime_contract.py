@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import REPO, read_json, run_predict_sh
+from conftest import FIRST_CPU, REPO, read_json, run_predict_sh
 from datagen import make_dataset
 
 from zeroshot.evaluate import evaluate, main as evaluate_main
@@ -104,7 +104,7 @@ def test_runs_under_taskset_one_cpu(tiny_model: Path, two_datasets, tmp_path: Pa
     root, _ = two_datasets
     out = tmp_path / "one_cpu.json"
     env = dict(os.environ, PYTHON=sys.executable)
-    cmd = ["taskset", "-c", "0", "bash", str(REPO / "predict.sh"), str(root), str(out), "--model", str(tiny_model)]
+    cmd = ["taskset", "-c", str(FIRST_CPU), "bash", str(REPO / "predict.sh"), str(root), str(out), "--model", str(tiny_model)]
     proc = subprocess.run(cmd, capture_output=True, text=True, env=env)
     assert proc.returncode == 0, proc.stderr
     assert "1 threads" in proc.stderr

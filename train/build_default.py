@@ -24,6 +24,8 @@ from typing import Any, Dict, List, Optional
 from zeroshot.text import normalize_name
 
 from .concepts import load_bank
+from .contract import (IMAGE_ENCODER_FILE, IMAGE_ENCODER_INT8_FILE, NORMALIZE, TEXT_ENCODER_FILE, TOKENIZER_FILE,
+                       model_files, text_config, tokenizer)
 from .manifest_io import write_manifest
 from zeroshot.command import make_parser, parse_args
 
@@ -31,9 +33,6 @@ logger = logging.getLogger(__name__)
 
 VARIANT = "lite2"
 IMAGE_SIZE = 224
-INT8_FILE = "image_encoder.int8.onnx"
-FP32_FILE = "image_encoder.onnx"
-NORMALIZE = ["strip", "collapse_spaces", "lowercase", "yo", "trailing_punct"]
 TEMPLATES = ["{}", "фото {}"]
 CONCEPT_SCALE = 20.0
 CONCEPT_TOP_K = 5
@@ -49,20 +48,27 @@ def normalizer(text: str) -> str:
     return normalize_name(text, NORMALIZE)
 
 
-def build_text_side(out: Path) -> Dict[str, Any]:
-    """Write text_encoder.onnx and tokenizer.model; return the text section's validation record."""
-    import sentencepiece
+def default_text_config() -> Dict[str, Any]:
+    """The manifest's ``text`` section of the default model."""
+    from .text_encoder import OUTPUT_NAME
 
+    return text_config(OUTPUT_NAME, TEMPLATES, NORMALIZE)
+
+
+def build_text_side(out: Path, text_cfg: Dict[str, Any]) -> Dict[str, Any]:
+    """Write the text encoder and tokenizer files; return the text section's validation record.
+
+    The export's check prompts are tokenized by the runtime's Tokenizer on the
+    copied tokenizer file, configured by ``text_cfg`` (the manifest's section).
+    """
     from .text_encoder import build_text_encoder, embed_texts, export_text_encoder
     from .use_m import sp_model_path
 
     bank = load_bank(normalizer, english=ENGLISH_ENTRIES)
     entries = embed_texts(bank.texts)
     module = build_text_encoder(bank, entries, CONCEPT_SCALE, CONCEPT_TOP_K)
-    sp = sentencepiece.SentencePieceProcessor()
-    sp.Load(str(sp_model_path()))
-    shutil.copyfile(sp_model_path(), out / "tokenizer.model")
-    record = export_text_encoder(module, out / "text_encoder.onnx", sp,
+    shutil.copyfile(sp_model_path(), out / TOKENIZER_FILE)
+    record = export_text_encoder(module, out / TEXT_ENCODER_FILE, tokenizer(out / TOKENIZER_FILE, text_cfg["tokenizer"]),
                                  [t.replace("{}", normalizer(c)) for t in TEMPLATES for c in CHECK_TEXTS])
     record.update({"concepts": len(bank.names), "entries": len(bank.texts)})
     return record
@@ -76,10 +82,10 @@ def build_image_side(out: Path, calibration: Optional[Path]) -> Dict[str, Any]:
     calib, check = split_images(list_images(calibration)) if calibration else ([], [])
     if calibration is None:
         logger.warning("no --calibration images: validating on synthetic images and building no int8 variant")
-    record: Dict[str, Any] = {"fp32": export_image_encoder(VARIANT, out / FP32_FILE, size=IMAGE_SIZE,
+    record: Dict[str, Any] = {"fp32": export_image_encoder(VARIANT, out / IMAGE_ENCODER_FILE, size=IMAGE_SIZE,
                                                             check_images=check[:CHECK_IMAGES])}
     if calib:
-        record["int8"] = quantize_image_encoder(out / FP32_FILE, out / INT8_FILE, calib,
+        record["int8"] = quantize_image_encoder(out / IMAGE_ENCODER_FILE, out / IMAGE_ENCODER_INT8_FILE, calib,
                                                 image_config(VARIANT, IMAGE_SIZE), check)
     return record
 
@@ -89,7 +95,8 @@ def build(out: Path, calibration: Optional[Path]) -> Dict[str, Any]:
     from .image_encoder import image_config
 
     out.mkdir(parents=True, exist_ok=True)
-    text_record = build_text_side(out)
+    text_cfg = default_text_config()
+    text_record = build_text_side(out, text_cfg)
     image_record = build_image_side(out, calibration)
     sections: Dict[str, Any] = {
         "name": f"efficientnet-{VARIANT}-{IMAGE_SIZE}+use-m-concepts",
@@ -97,10 +104,7 @@ def build(out: Path, calibration: Optional[Path]) -> Dict[str, Any]:
                        "1000 classes; score = log(p . w); Sinkhorn balancing and prototype refinement per dataset",
         "batch_size": 16,
         "image": image_config(VARIANT, IMAGE_SIZE),
-        "text": {"input_ids": "input_ids", "attention_mask": "attention_mask", "output": "class_weights",
-                 "tokenizer": {"type": "sentencepiece", "bos_id": 1, "eos_id": 2, "pad_id": 0,
-                               "context_length": None},
-                 "normalize": NORMALIZE, "templates": TEMPLATES},
+        "text": text_cfg,
         "score": {"similarity": "dot", "logit": "log", "scale": 1.0},
         "balance": BALANCE,
         "transductive": TRANSDUCTIVE,
@@ -110,9 +114,9 @@ def build(out: Path, calibration: Optional[Path]) -> Dict[str, Any]:
     # The default image encoder is chosen by the numbers (dev set, one core): static int8 scored 90.35
     # at 56 images/s end to end, fp32 90.18 at 36 images/s. Both stay selectable with --variant.
     has_int8 = "int8" in image_record
-    files = {"image_encoder": INT8_FILE if has_int8 else FP32_FILE, "text_encoder": "text_encoder.onnx",
-             "tokenizer": "tokenizer.model"}
-    variants = {"fp32": {"image_encoder": FP32_FILE}, "int8": {"image_encoder": INT8_FILE}} if has_int8 else None
+    files = model_files(IMAGE_ENCODER_INT8_FILE if has_int8 else IMAGE_ENCODER_FILE)
+    variants = ({"fp32": {"image_encoder": IMAGE_ENCODER_FILE}, "int8": {"image_encoder": IMAGE_ENCODER_INT8_FILE}}
+                if has_int8 else None)
     return write_manifest(out, files, sections, variants)
 
 

@@ -28,7 +28,7 @@ def write_manifest(model_dir: Path, files: Dict[str, str], sections: Dict[str, A
     files: role ("image_encoder", "text_encoder", "tokenizer") -> file name
     inside ``model_dir``; sections: the other top-level entries (name, image,
     text, score, balance, batch_size, validation, ...); variants: name -> the
-    roles whose files it replaces (e.g. {"int8": {"image_encoder": "image_encoder.int8.onnx"}}).
+    roles whose files it replaces (e.g. an "int8" variant naming another image_encoder file).
     """
     model_dir = Path(model_dir)
     manifest: Dict[str, Any] = {"format_version": FORMAT_VERSION}

@@ -18,9 +18,12 @@ import numpy as np
 import torch
 from torch import nn
 
+from zeroshot.text import Tokenizer
+
 from .concepts import ConceptBank
+from .contract import ATTENTION_MASK, INPUT_IDS, token_feeds, tokenizer
 from .onnx_compat import OPSET, finalize_onnx
-from .use_m import UseM, pad_ids
+from .use_m import UseM, sp_model_path
 
 logger = logging.getLogger(__name__)
 
@@ -60,42 +63,34 @@ def build_text_encoder(bank: ConceptBank, entries: np.ndarray, scale: float, top
     return ConceptTextEncoder(UseM().eval(), entries, bank.entry_index(), bank.distributions, scale, top_k).eval()
 
 
-def batch_ids(sp, texts: Sequence[str]) -> Dict[str, np.ndarray]:
-    """Right-padded ids and mask (BOS 1, EOS 2), as the runtime's Tokenizer makes them."""
-    ids, mask = pad_ids([[1] + list(sp.EncodeAsIds(t)) + [2] for t in texts])
-    return {"input_ids": ids, "attention_mask": mask}
-
-
 def embed_texts(texts: Sequence[str], batch: int = 256) -> np.ndarray:
-    """USE-m embeddings float32 (N, 512) of ``texts`` through the torch port."""
-    import sentencepiece
-
-    from .use_m import sp_model_path
-
-    sp = sentencepiece.SentencePieceProcessor()
-    sp.Load(str(sp_model_path()))
+    """USE-m embeddings float32 (N, 512) of ``texts`` through the torch port (runtime tokenization)."""
+    tok = tokenizer(sp_model_path())
     model = UseM().eval()
     out = []
     with torch.no_grad():
         for start in range(0, len(texts), batch):
-            feeds = batch_ids(sp, texts[start:start + batch])
-            out.append(model(torch.from_numpy(feeds["input_ids"]), torch.from_numpy(feeds["attention_mask"])).numpy())
+            feeds = token_feeds(tok, texts[start:start + batch])
+            out.append(model(torch.from_numpy(feeds[INPUT_IDS]), torch.from_numpy(feeds[ATTENTION_MASK])).numpy())
     return np.concatenate(out).astype(np.float32)
 
 
-def export_text_encoder(module: ConceptTextEncoder, out_path: Path, sp, check_texts: List[str]) -> Dict[str, float]:
+def export_text_encoder(module: ConceptTextEncoder, out_path: Path, tok: Tokenizer,
+                        check_texts: List[str]) -> Dict[str, float]:
     """Export to ONNX (opset 17, IR <= 9) and validate against torch; returns the validation numbers.
 
-    Raises ValueError if onnxruntime and torch differ by more than PARITY_TOLERANCE.
+    ``tok``: the runtime's Tokenizer as the manifest configures it; the check
+    texts are tokenized by it. Raises ValueError if onnxruntime and torch
+    differ by more than PARITY_TOLERANCE.
     """
     import onnxruntime as ort
 
-    feeds = batch_ids(sp, check_texts)
-    example = (torch.from_numpy(feeds["input_ids"]), torch.from_numpy(feeds["attention_mask"]))
+    feeds = token_feeds(tok, check_texts)
+    example = (torch.from_numpy(feeds[INPUT_IDS]), torch.from_numpy(feeds[ATTENTION_MASK]))
     torch.onnx.export(module, example, str(out_path), dynamo=False, opset_version=OPSET,
-                      input_names=["input_ids", "attention_mask"], output_names=[OUTPUT_NAME],
-                      dynamic_axes={"input_ids": {0: "batch", 1: "length"},
-                                    "attention_mask": {0: "batch", 1: "length"}, OUTPUT_NAME: {0: "batch"}})
+                      input_names=[INPUT_IDS, ATTENTION_MASK], output_names=[OUTPUT_NAME],
+                      dynamic_axes={INPUT_IDS: {0: "batch", 1: "length"},
+                                    ATTENTION_MASK: {0: "batch", 1: "length"}, OUTPUT_NAME: {0: "batch"}})
     opset, ir_version = finalize_onnx(out_path)
     session = ort.InferenceSession(str(out_path), providers=["CPUExecutionProvider"])
     got = session.run([OUTPUT_NAME], feeds)[0]

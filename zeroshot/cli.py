@@ -19,14 +19,13 @@ from .budget import Budget
 from .command import make_parser, parse_args
 from .datasets import discover
 from .encoders import Model, available_cpus
+from .limits import JUDGE_TIME_LIMIT_S, MODEL_DIR
 from .outputs import write_json_atomic
 from .pipeline import run_all
 
 logger = logging.getLogger("zeroshot")
 
-JUDGE_LIMIT_S = 23 * 60
 SAFETY_MARGIN_S = 120
-DEFAULT_MODEL_DIR = Path(__file__).resolve().parent.parent / "model"
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -37,14 +36,14 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("out_json", type=Path, nargs="?", help="where to write {dataset: {image id: class index}}")
     parser.add_argument("--check", action="store_true",
                         help="only load the model (imports, sha256, ONNX sessions), log what runs, and exit")
-    parser.add_argument("--model", type=Path, default=DEFAULT_MODEL_DIR,
+    parser.add_argument("--model", type=Path, default=MODEL_DIR,
                         help="model folder with manifest.json (default: %(default)s)")
     parser.add_argument("--variant", default=None,
                         help="a variant listed in the manifest (e.g. int8) whose files replace the defaults")
     parser.add_argument("--batch-size", type=int, default=None, help="images per encoder run (default: manifest)")
     parser.add_argument("--threads", type=int, default=None,
                         help="threads for decoding and inference (default: CPUs this process may use)")
-    parser.add_argument("--time-budget", type=float, default=JUDGE_LIMIT_S - SAFETY_MARGIN_S,
+    parser.add_argument("--time-budget", type=float, default=JUDGE_TIME_LIMIT_S - SAFETY_MARGIN_S,
                         help="seconds for the whole run; past the projection, cheaper paths are used "
                              "(default: 23 min minus %d s = %%(default)s)" % SAFETY_MARGIN_S)
     parser.add_argument("--strict", action="store_true",
