@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from zeroshot.scoring import logits, predict, sinkhorn, softmax
+from zeroshot.scoring import class_logits, predict, similarities, sinkhorn, softmax
 
 BALANCE = {"method": "sinkhorn", "iterations": 5}
 TRANS = {"method": "prototypes", "iterations": 3, "weight": 1.0, "scale": 10.0, "center": True}
@@ -19,10 +19,12 @@ def test_softmax_is_safe_for_huge_logits() -> None:
 def test_logits_cosine_and_log_dot() -> None:
     img = np.array([[3.0, 4.0]], dtype=np.float32)
     cls = np.array([[1.0, 0.0], [0.0, 2.0]], dtype=np.float32)
-    cos = logits(img, cls, {"similarity": "cosine", "logit": "linear", "scale": 10.0})
+    assert similarities(img, cls, "dot") == pytest.approx(np.array([[3.0, 8.0]]))
+    assert similarities(img, cls, "cosine") == pytest.approx(np.array([[0.6, 0.8]]), rel=1e-5)
+    cos = class_logits(img, cls, {"similarity": "cosine", "logit": "linear", "scale": 10.0})
     assert cos == pytest.approx(np.array([[6.0, 8.0]]), rel=1e-5)
-    log = logits(img, cls, {"similarity": "dot", "logit": "log", "scale": 1.0})
-    assert log == pytest.approx(np.log(np.array([[3.0, 8.0]])), rel=1e-5)
+    log = class_logits(img, cls, {"similarity": "dot", "logit": "log", "scale": 2.0})
+    assert log == pytest.approx(2.0 * np.log(np.array([[3.0, 8.0]])), rel=1e-5)
 
 
 def test_sinkhorn_evens_out_a_skewed_matrix() -> None:

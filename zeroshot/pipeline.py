@@ -23,7 +23,7 @@ from .budget import FAST, FULL, PRIOR, Budget
 from .datasets import Dataset
 from .encoders import Model
 from .images import ImageError, load_image, preprocess
-from .scoring import logits, predict
+from .scoring import class_logits, predict
 
 logger = logging.getLogger(__name__)
 
@@ -123,7 +123,7 @@ def predict_dataset(ds: Dataset, model: Model, budget: Budget, pool: ThreadPoolE
                 vectors, feats = model.encode_images(pixels)
                 if features is None:
                     features = np.zeros((n, feats.shape[1]), dtype=np.float32)
-                scores[rows] = logits(vectors, class_vecs, model.manifest["score"])
+                scores[rows] = class_logits(vectors, class_vecs, model.manifest["score"])
                 features[rows] = feats
                 valid[rows] = True
         now = time.monotonic()

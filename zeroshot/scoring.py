@@ -1,8 +1,10 @@
 """From image and class vectors to one class per image.
 
-The manifest's ``score`` section says how a score is formed (dot or cosine,
-linear or log, a scale); its ``balance`` section says whether the class
-frequencies within one dataset are balanced (Sinkhorn) before the argmax.
+The manifest's ``score`` section says how the logits are formed: a
+``similarity`` between image and class vectors (dot or cosine), then the
+``logit`` transform of that similarity (linear or log) times ``scale``. Its
+``balance`` section says whether the class frequencies within one dataset are
+balanced (Sinkhorn) before the argmax.
 """
 
 from __future__ import annotations
@@ -17,20 +19,25 @@ logger = logging.getLogger(__name__)
 _EPS = 1e-12
 
 
-def logits(image_vecs: np.ndarray, class_vecs: np.ndarray, cfg: Dict[str, Any]) -> np.ndarray:
-    """float32 (N, D) x (C, D) -> float32 (N, C) logits as the manifest's score section says.
-
-    similarity: ``dot`` or ``cosine`` (both sides L2-normalised); logit:
-    ``linear`` (scale * s) or ``log`` (scale * log(s), for probability-like s).
-    """
+def similarities(image_vecs: np.ndarray, class_vecs: np.ndarray, similarity: str) -> np.ndarray:
+    """float32 (N, D) x (C, D) -> float32 (N, C): ``dot`` products or ``cosine`` (both sides L2-normalised)."""
     img, cls = image_vecs.astype(np.float32), class_vecs.astype(np.float32)
-    if cfg["similarity"] == "cosine":
+    if similarity == "cosine":
         img = img / np.maximum(np.linalg.norm(img, axis=1, keepdims=True), _EPS)
         cls = cls / np.maximum(np.linalg.norm(cls, axis=1, keepdims=True), _EPS)
-    sims = img @ cls.T
-    if cfg["logit"] == "log":
-        sims = np.log(np.maximum(sims, _EPS))
-    return (float(cfg["scale"]) * sims).astype(np.float32)
+    return img @ cls.T
+
+
+def class_logits(image_vecs: np.ndarray, class_vecs: np.ndarray, cfg: Dict[str, Any]) -> np.ndarray:
+    """float32 (N, D) x (C, D) -> float32 (N, C) logits as the manifest's score section ``cfg`` says.
+
+    The similarity s (:func:`similarities`) goes through the ``logit``
+    transform: ``linear`` gives scale * s, ``log`` gives scale * log(s) (for
+    probability-like s, e.g. p . w of two distributions).
+    """
+    sims = similarities(image_vecs, class_vecs, cfg["similarity"])
+    transformed = np.log(np.maximum(sims, _EPS)) if cfg["logit"] == "log" else sims
+    return (float(cfg["scale"]) * transformed).astype(np.float32)
 
 
 def softmax(x: np.ndarray, axis: int = -1) -> np.ndarray:
@@ -62,10 +69,10 @@ def _enough(section: Optional[Dict[str, Any]], n: int, n_classes: int) -> bool:
     return section is not None and n >= float(section.get("min_images_per_class", 0)) * n_classes
 
 
-def _balanced(logits_: np.ndarray, valid: np.ndarray, class_mask: np.ndarray,
+def _balanced(logits: np.ndarray, valid: np.ndarray, class_mask: np.ndarray,
               balance: Optional[Dict[str, Any]]) -> np.ndarray:
     """Softmax of masked logits, invalid rows set to the prior, Sinkhorn-balanced if enabled: (N, C)."""
-    masked = np.where(class_mask[None, :], logits_, -np.inf)
+    masked = np.where(class_mask[None, :], logits, -np.inf)
     probs = softmax(masked, axis=1)
     prior = probs[valid].mean(axis=0) if valid.any() else class_mask / max(class_mask.sum(), 1)
     probs[~valid] = prior
@@ -89,42 +96,42 @@ def unit_features(features: np.ndarray, valid: np.ndarray, center: bool, log: bo
     return f / np.maximum(np.linalg.norm(f, axis=1, keepdims=True), _EPS)
 
 
-def refine(scores: np.ndarray, features: np.ndarray, valid: np.ndarray, class_mask: np.ndarray,
+def refine(logits: np.ndarray, features: np.ndarray, valid: np.ndarray, class_mask: np.ndarray,
            balance: Optional[Dict[str, Any]], cfg: Dict[str, Any]) -> np.ndarray:
     """Transductive prototypes: (N, C) probabilities after ``cfg["iterations"]`` rounds.
 
     Each round forms one prototype per class as the probability-weighted mean
     of the (centred, normalised) image features of the valid rows, and adds
-    ``weight * scale * cosine(image, prototype)`` to the zero-shot logits.
+    ``weight * scale * cosine(image, prototype)`` to the zero-shot ``logits``.
     """
     f = unit_features(features, valid, bool(cfg.get("center", True)), bool(cfg.get("log_features", False)))
-    probs = _balanced(scores, valid, class_mask, balance)
+    probs = _balanced(logits, valid, class_mask, balance)
     step = float(cfg["weight"]) * float(cfg["scale"])
     for _ in range(int(cfg["iterations"])):
         weights = np.where(valid[:, None], probs, 0.0)
         protos = weights.T @ f
         protos /= np.maximum(np.linalg.norm(protos, axis=1, keepdims=True), _EPS)
-        probs = _balanced(scores + step * (f @ protos.T), valid, class_mask, balance)
+        probs = _balanced(logits + step * (f @ protos.T), valid, class_mask, balance)
     return probs
 
 
-def predict(scores: np.ndarray, valid: np.ndarray, class_mask: np.ndarray,
+def predict(logits: np.ndarray, valid: np.ndarray, class_mask: np.ndarray,
             balance: Optional[Dict[str, Any]], features: Optional[np.ndarray] = None,
             transductive: Optional[Dict[str, Any]] = None) -> np.ndarray:
     """Class index per image.
 
-    scores: float32 (N, C) logits; valid: bool (N,) rows that come from a
+    logits: float32 (N, C) (:func:`class_logits`); valid: bool (N,) rows that come from a
     decoded image; class_mask: bool (C,) classes that may be predicted
     (duplicates and empty names are masked); features: float32 (N, D) image
     features for the transductive step (used when ``transductive`` is set).
     Rows that are not valid get the mean probability of the valid rows (the
     dataset's prior), so they still get a sensible class. Returns int64 (N,).
     """
-    n = scores.shape[0]
+    n = logits.shape[0]
     if n == 0:
         return np.zeros(0, dtype=np.int64)
     if features is not None and _enough(transductive, int(valid.sum()), int(class_mask.sum())):
-        probs = refine(scores, features, valid, class_mask, balance, transductive)
+        probs = refine(logits, features, valid, class_mask, balance, transductive)
     else:
-        probs = _balanced(scores, valid, class_mask, balance)
+        probs = _balanced(logits, valid, class_mask, balance)
     return np.argmax(probs, axis=1).astype(np.int64)

@@ -7,8 +7,8 @@ images whose top-1 / top-5 ImageNet classes contain a mapped class, for:
 
 - the preprocessing grid (``--preprocess-grid``): mean/std (TF-Lite (x-127)/128
   vs PyTorch ImageNet), center_crop vs squash, bilinear vs bicubic, at each
-  variant's native size, fp32;
-- each ``--config`` ``VARIANT@EXPORT:RUN,RUN...`` (e.g. ``lite2@260:260,224``):
+  backbone's native size, fp32;
+- each ``--config`` ``BACKBONE@EXPORT:RUN,RUN...`` (e.g. ``lite2@260:260,224``):
   the encoder exported with the padding of EXPORT px, run at each RUN size, in
   fp32, static int8 (train.image_encoder.quantize_image_encoder) and, with
   ``--dynamic``, dynamic int8 for comparison; with images/s of the encoder
@@ -32,13 +32,12 @@ import numpy as np
 from onnxruntime.quantization import QuantType, quantize_dynamic
 from onnxruntime.quantization.shape_inference import quant_pre_process
 
+from train.image_encoder import (INPUT_NAME, PARITY_IMAGES, TF_LITE_MEAN, TF_LITE_STD, export_image_encoder,
+                                 image_config, list_images, native_size, pixel_batch, quantize_image_encoder,
+                                 run_encoder, split_images)
+from zeroshot.command import make_parser, parse_args
 from zeroshot.encoders import make_session
 from zeroshot.images import load_image, preprocess
-
-from train.image_encoder import (INPUT_NAME, TF_LITE_MEAN, TF_LITE_STD, export_image_encoder, image_config,
-                            list_images, native_size, pixel_batch, quantize_image_encoder, run_encoder,
-                            split_images)
-from zeroshot.command import make_parser, parse_args
 
 logger = logging.getLogger(__name__)
 
@@ -95,17 +94,17 @@ def decode_per_second(paths: Sequence[Path], cfg: Dict[str, Any], size: int, lim
     return len(chosen) / (time.perf_counter() - start)
 
 
-def preprocess_grid(variant: str, work: Path, paths: List[Path], targets: List[Set[int]]) -> List[Dict[str, Any]]:
+def preprocess_grid(backbone: str, work: Path, paths: List[Path], targets: List[Set[int]]) -> List[Dict[str, Any]]:
     """Top-1/top-5 shares of the fp32 encoder at native size for every mean/std x resize x interpolation."""
-    model = work / f"{variant}_grid.onnx"
-    export_image_encoder(variant, model)
+    model = work / f"{backbone}_grid.onnx"
+    export_image_encoder(backbone, model)
     session = make_session(model, threads=1)
-    size = native_size(variant)
+    size = native_size(backbone)
     rows = []
     for norm, resize, interp in itertools.product(NORMS, ("center_crop", "squash"), ("bilinear", "bicubic")):
         cfg = {"resize": resize, "interpolation": interp, "mean": NORMS[norm][0], "std": NORMS[norm][1]}
         top1, top5 = hit_rates(run_encoder(session, pixel_batch(paths, cfg, size)), targets)
-        rows.append({"variant": variant, "size": size, "norm": norm, "resize": resize, "interpolation": interp,
+        rows.append({"backbone": backbone, "size": size, "norm": norm, "resize": resize, "interpolation": interp,
                      "top1": top1, "top5": top5})
         logger.info("grid %s", json.dumps(rows[-1]))
     return rows
@@ -113,11 +112,11 @@ def preprocess_grid(variant: str, work: Path, paths: List[Path], targets: List[S
 
 def parse_config(spec: str) -> Tuple[str, int, List[int]]:
     """``lite2@260:260,224`` -> ("lite2", 260, [260, 224]); ``lite0`` -> native size only."""
-    variant, _, rest = spec.partition("@")
+    backbone, _, rest = spec.partition("@")
     export, _, runs = rest.partition(":")
-    export_size = int(export) if export else native_size(variant)
+    export_size = int(export) if export else native_size(backbone)
     run_sizes = [int(s) for s in runs.split(",")] if runs else [export_size]
-    return variant, export_size, run_sizes
+    return backbone, export_size, run_sizes
 
 
 def measure_config(spec: str, work: Path, paths: List[Path], targets: List[Set[int]], calibration: List[Path],
@@ -127,17 +126,17 @@ def measure_config(spec: str, work: Path, paths: List[Path], targets: List[Set[i
     Each row keeps the model path and a few preprocessed images under private
     keys ("_model", "_pixels", "_paths", "_cfg") for :func:`time_rows`.
     """
-    variant, export_size, run_sizes = parse_config(spec)
-    cfg = image_config(variant, export_size)
-    fp32 = work / f"{variant}_{export_size}.onnx"
-    export_image_encoder(variant, fp32, size=export_size, check_images=calibration[:8])
-    models = {"fp32": fp32, "int8_static": work / f"{variant}_{export_size}.int8.onnx"}
+    backbone, export_size, run_sizes = parse_config(spec)
+    cfg = image_config(backbone, export_size)
+    fp32 = work / f"{backbone}_{export_size}.onnx"
+    export_image_encoder(backbone, fp32, size=export_size, check_images=calibration[:PARITY_IMAGES])
+    models = {"fp32": fp32, "int8_static": work / f"{backbone}_{export_size}.int8.onnx"}
     # the benchmark reports agreement (agree_fp32) instead of stopping at the export threshold
     quantize_image_encoder(fp32, models["int8_static"], calibration, cfg, check_images=paths, min_agreement=0.0)
     if dynamic:
-        prepared = work / f"{variant}_{export_size}.prep.onnx"
+        prepared = work / f"{backbone}_{export_size}.prep.onnx"
         quant_pre_process(str(fp32), str(prepared))
-        models["int8_dynamic"] = work / f"{variant}_{export_size}.dyn.onnx"
+        models["int8_dynamic"] = work / f"{backbone}_{export_size}.dyn.onnx"
         quantize_dynamic(str(prepared), str(models["int8_dynamic"]), weight_type=QuantType.QUInt8)
     rows = []
     for size in run_sizes:
@@ -147,7 +146,7 @@ def measure_config(spec: str, work: Path, paths: List[Path], targets: List[Set[i
             probs = run_encoder(make_session(model, threads=1), pixels)
             reference = probs if reference is None else reference
             top1, top5 = hit_rates(probs, targets)
-            rows.append({"variant": variant, "export_size": export_size, "size": size, "model": kind,
+            rows.append({"backbone": backbone, "export_size": export_size, "size": size, "model": kind,
                          "top1": top1, "top5": top5,
                          "agree_fp32": float(np.mean(probs.argmax(1) == reference.argmax(1))),
                          "_model": model, "_pixels": pixels[:TIMING_IMAGES], "_paths": paths, "_cfg": cfg})
@@ -169,7 +168,7 @@ def time_rows(rows: List[Dict[str, Any]], batches: Sequence[int], seconds: float
             for batch in batches:
                 samples.setdefault((i, f"ips_b{batch}"), []).append(
                     images_per_second(session, row["_pixels"], batch, seconds))
-            key = (row["variant"], row["size"])
+            key = (row["backbone"], row["size"])
             if key not in decoded:
                 decoded.add(key)
                 samples.setdefault((i, "decode_ips"), []).append(
@@ -178,7 +177,7 @@ def time_rows(rows: List[Dict[str, Any]], batches: Sequence[int], seconds: float
     for (i, name), values in samples.items():
         rows[i][name] = float(np.median(values))
     for row in rows:
-        decode = next(r["decode_ips"] for r in rows if (r["variant"], r["size"]) == (row["variant"], row["size"])
+        decode = next(r["decode_ips"] for r in rows if (r["backbone"], r["size"]) == (row["backbone"], row["size"])
                       and "decode_ips" in r)
         row["decode_ips"] = decode
         row["serial_ips_b16"] = 1.0 / (1.0 / row["ips_b16"] + 1.0 / decode) if "ips_b16" in row else None
@@ -211,9 +210,9 @@ def main(argv: Optional[List[str]] = None) -> int:
     parser.add_argument("--class-map", required=True,
                         help='JSON (or @file): {"dataset class index": [ImageNet class indices]}')
     parser.add_argument("--work-dir", type=Path, required=True, help="where the exported models go")
-    parser.add_argument("--config", nargs="*", default=[], help="VARIANT@EXPORT:RUN,RUN (e.g. lite2@260:260,224)")
-    parser.add_argument("--preprocess-grid", nargs="*", default=[], metavar="VARIANT",
-                        help="variants for the mean/std x resize x interpolation grid")
+    parser.add_argument("--config", nargs="*", default=[], help="BACKBONE@EXPORT:RUN,RUN (e.g. lite2@260:260,224)")
+    parser.add_argument("--preprocess-grid", nargs="*", default=[], metavar="BACKBONE",
+                        help="backbones for the mean/std x resize x interpolation grid")
     parser.add_argument("--calibration-dir", type=Path, default=None, help="int8 calibration images (default --images)")
     parser.add_argument("--dynamic", action="store_true", help="also measure dynamic int8 quantization")
     parser.add_argument("--batches", default="16,1", help="batch sizes for images/s")
