@@ -1,8 +1,10 @@
 """Build the submission archive: ``python -m contest.bundle [--model DIR] [--vendor DIR] [--out ZIP]``.
 
 At the archive's root: setup.sh, predict.sh, predict.py, the runtime package
-zeroshot/ (its .py files), model/ (manifest.json and the files it names, each
-checked against its sha256) and vendor/ (the wheels and requirements files of
+zeroshot/ (its .py files), model/ (manifest.json and every file it names, the
+default files and each variant's, each checked against its sha256, so
+``predict.sh --variant X`` works inside the archive for every X the manifest
+lists) and vendor/ (the wheels and requirements files of
 contest/vendor.py), and nothing else. The zip is deterministic: fixed file order,
 fixed timestamps and modes, so the same inputs give the same bytes. Prints a
 size table to stdout and fails (writing nothing) above the cap.
@@ -63,16 +65,19 @@ def code_entries(repo: Path) -> List[Entry]:
 
 
 def model_entries(model_dir: Path) -> List[Entry]:
-    """manifest.json and the files it names, each verified against its sha256.
+    """manifest.json and every file it names (the default files and each variant's), verified against its sha256.
 
     Other files in ``model_dir`` are left out (and logged). Raises
     FileNotFoundError/ValueError from the manifest checks.
     """
     manifest = load_manifest(model_dir)
     files = {MANIFEST_NAME: model_dir / MANIFEST_NAME}
-    for key in sorted(manifest["files"]):
-        path = resolve_file(manifest, model_dir, key, verify=True)
-        files[manifest["files"][key]["path"]] = path
+    for variant in [None, *sorted(manifest.get("variants", {}))]:
+        for key in sorted(manifest["files"]):
+            path = resolve_file(manifest, model_dir, key, verify=False, variant=variant)
+            name = path.relative_to(model_dir).as_posix()
+            if name not in files:
+                files[name] = resolve_file(manifest, model_dir, key, verify=True, variant=variant)
     for path in sorted(p for p in model_dir.rglob("*") if p.is_file()):
         if path.relative_to(model_dir).as_posix() not in files:
             logger.warning("%s: not named in %s; left out of the archive", path, MANIFEST_NAME)

@@ -247,3 +247,41 @@ def test_judge_with_the_vendored_wheels(tiny_model: Path, datasets, plain_run: P
     assert summary["versions"]["onnxruntime"] == pins["onnxruntime"]
     assert summary["versions"]["numpy"] == pins["numpy"]
     assert str(Path(summary["versions"]["onnxruntime_path"]).parent).endswith(f".deps/py{PY_TAG}/onnxruntime")
+
+
+@pytest.fixture(scope="module")
+def variant_model(tiny_model: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The tiny model plus a variant "alt" whose image encoder has other weights."""
+    import numpy as np
+
+    from train.contract import model_files
+    from train.manifest_io import write_manifest
+    from train.tiny_model import build_image_encoder
+
+    model = tmp_path_factory.mktemp("variant_model") / "model"
+    shutil.copytree(tiny_model, model)
+    build_image_encoder(model / "image_encoder.alt.onnx", np.random.default_rng(7))
+    sections = {k: v for k, v in load_manifest(model).items() if k not in ("files", "variants", "format_version")}
+    write_manifest(model, model_files(), sections, {"alt": {"image_encoder": "image_encoder.alt.onnx"}})
+    return model
+
+
+def test_every_variant_the_archived_manifest_lists_runs_from_the_unzipped_archive(
+        variant_model: Path, datasets: Tuple[Path, Path], tmp_path: Path, caplog) -> None:
+    archive = tmp_path / "submission.zip"
+    assert bundle.main(["--model", str(variant_model), "--dev", "--out", str(archive)]) == 0
+    assert "not named in" not in caplog.text
+    app = unzip(archive, tmp_path / "app")
+    manifest = load_manifest(app / "model")
+    assert sorted(manifest["variants"]) == ["alt"]
+    env = dict(os.environ, PYTHON=sys.executable)
+    subprocess.run(["bash", str(app / "setup.sh")], env=env, check=True, capture_output=True, cwd="/")
+    preds = {}
+    for variant in [None, *manifest["variants"]]:
+        out = tmp_path / f"{variant}.json"
+        extra = ["--variant", variant] if variant else []
+        proc = subprocess.run(["bash", str(app / "predict.sh"), str(datasets[0]), str(out), *extra, "--strict"],
+                              env=env, capture_output=True, text=True, cwd="/")
+        assert proc.returncode == 0, proc.stderr
+        preds[variant] = read_json(out)
+        assert {name: len(p) for name, p in preds[variant].items()} == {"animals": 5, "things": 4}
