@@ -38,6 +38,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Dict, Iterable, List, Optional, Tuple
 
+from zeroshot.limits import REPO_ROOT as REPO
 from zeroshot.manifest import sha256_file
 from zeroshot.command import make_parser, parse_args
 

@@ -107,3 +107,19 @@ def test_text_config_is_what_the_runtime_reads(tmp_path: Path) -> None:
     ids, mask = model.tokenizer.batch(["кот", "рыжий кот"])
     assert (feeds["input_ids"] == ids).all() and (feeds["attention_mask"] == mask).all()
     assert ids[0, 0] == SENTENCEPIECE_IDS["bos_id"] and ids[0, mask[0].sum() - 1] == SENTENCEPIECE_IDS["eos_id"]
+
+
+def test_every_command_answers_help(capsys) -> None:
+    """Each command's parser builds (defaults included) and --help exits 0."""
+    import importlib
+
+    import pytest
+
+    commands = [p for p in PYTHON_FILES if p.parts[-2] != "tests" and 'if __name__ == "__main__":' in p.read_text(
+        encoding="utf-8")]
+    for path in commands:
+        module = importlib.import_module(".".join(path.relative_to(REPO).with_suffix("").parts))
+        with pytest.raises(SystemExit) as exit_info:
+            module.main(["--help"])
+        assert exit_info.value.code == 0, path
+        assert "usage:" in capsys.readouterr().out, path
