@@ -3,7 +3,7 @@
 # OpenCV, and no onnxruntime. Nothing from this repository goes in: the submission
 # archive is mounted at run time (see the README, "Checking the archive in Docker").
 #   docker build -t zeroshot-judge - < Dockerfile
-# Our machines have no Docker engine; CI runs the local judge (train/judge.py) instead.
+# Our machines have no Docker engine; CI runs the local judge (contest/judge.py) instead.
 FROM python:3.8-slim-bullseye
 
 RUN apt-get update \

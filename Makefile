@@ -28,7 +28,11 @@ help:  ## list the targets
 
 venv: .venv/.stamp  ## the build/test environment in .venv
 
-MODEL_SOURCES := $(addprefix train/,build_default.py concepts.py image_encoder.py text_encoder.py use_m.py manifest_io.py) \
+# every module train.build_default imports (also inside functions; tests/test_layout.py checks the list),
+# its data, and the pip-installed weights (via .venv/.stamp)
+MODEL_SOURCES := $(addprefix train/,__init__.py build_default.py concepts.py contract.py image_encoder.py \
+	manifest_io.py onnx_compat.py text_encoder.py use_m.py) \
+	$(addprefix zeroshot/,__init__.py command.py encoders.py images.py manifest.py text.py) \
 	$(wildcard train/vocab/*.tsv)
 
 model/manifest.json: .venv/.stamp $(MODEL_SOURCES)
@@ -51,7 +55,7 @@ data-check:
 test: venv vendor  ## the test suite (CI runs this); vendor/ lets it check the real wheels install offline
 	$(PY) -m pytest -q tests
 
-bench: venv  ## images/s on one core: predict.py vs the organisers' ResNet-50 vs the input ceiling (int8: the model's variants.int8 or INT8_MODEL=dir)
+bench: venv model  ## images/s on one core: predict.py vs the organisers' ResNet-50 vs the input ceiling (int8: the model's variants.int8 or INT8_MODEL=dir)
 	$(PY) -m contest.bench --model model --data $(DATA) $(if $(INT8_MODEL),--int8-model $(INT8_MODEL)) \
 		--out bench/results/bench.json
 

@@ -16,7 +16,9 @@ What is enforced, and how (each limit is also read back from inside by a probe):
 - memory: ``prlimit --as`` (address space, default 8 GB), stricter than the
   judge's container limit, which counts resident memory only; ``--memory-kind
   data`` limits RLIMIT_DATA instead. The peak resident memory (wait4) and peak
-  address space (/proc) of each step are measured and must stay under the limit.
+  address space (/proc) of each step are measured and reported; a step whose peak
+  resident memory passes the limit fails the run (the address space is capped by
+  the rlimit itself).
 - time: setup.sh and predict.sh together get ``--time-limit`` seconds (23 min);
   at the deadline the step's process group is killed.
 - the Python: ``--python`` is the only ``python3`` on the scripts' PATH (a shim),

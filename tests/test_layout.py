@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import ast
+import subprocess
 from pathlib import Path
-from typing import List, Sequence
+from typing import List, Optional, Sequence, Set
 
 from conftest import REPO
 
@@ -123,3 +124,76 @@ def test_every_command_answers_help(capsys) -> None:
             module.main(["--help"])
         assert exit_info.value.code == 0, path
         assert "usage:" in capsys.readouterr().out, path
+
+
+def _module_file(name: str) -> Optional[Path]:
+    path = REPO.joinpath(*name.split("."))
+    for candidate in (path.with_suffix(".py"), path / "__init__.py"):
+        if candidate.is_file():
+            return candidate
+    return None
+
+
+def imported_files(module: str, packages: Sequence[str] = ("train", "zeroshot")) -> Set[str]:
+    """Repo-relative files of ``module`` and everything it imports from ``packages``, at any depth
+    (imports inside functions included), with the packages' __init__.py files."""
+    seen: Set[Path] = set()
+    parts = module.split(".")
+    todo = [".".join(parts[:i]) for i in range(1, len(parts) + 1)]
+    while todo:
+        name = todo.pop()
+        path = _module_file(name)
+        if path is None or path in seen:
+            continue
+        seen.add(path)
+        package = name if path.name == "__init__.py" else name.rsplit(".", 1)[0]
+        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+            if isinstance(node, ast.Import):
+                names = [alias.name for alias in node.names]
+            elif isinstance(node, ast.ImportFrom):
+                base = node.module or ""
+                if node.level:
+                    parts = package.split(".")[:len(package.split(".")) - node.level + 1]
+                    base = ".".join(parts + ([base] if base else []))
+                names = [base] + [f"{base}.{alias.name}" for alias in node.names]
+            else:
+                continue
+            for found in names:
+                parts = found.split(".")
+                if parts[0] in packages:
+                    todo += [".".join(parts[:i]) for i in range(1, len(parts) + 1)]
+    return {p.relative_to(REPO).as_posix() for p in seen}
+
+
+def make_variable(name: str) -> List[str]:
+    """The value of a Makefile variable, as make expands it."""
+    proc = subprocess.run(["make", "-s", "--no-print-directory", "-f", "Makefile", "-f", "-", "_print_variable"],
+                          input=f"_print_variable:\n\t@echo $({name})\n", capture_output=True, text=True,
+                          cwd=REPO, check=True)
+    return proc.stdout.split()
+
+
+def test_the_model_rule_depends_on_every_file_the_builder_reads() -> None:
+    sources = set(make_variable("MODEL_SOURCES"))
+    needed = imported_files("train.build_default")
+    assert {"train/build_default.py", "train/contract.py", "zeroshot/images.py"} <= needed
+    assert needed <= sources, f"make model misses {sorted(needed - sources)}"
+    assert {p.relative_to(REPO).as_posix() for p in (REPO / "train" / "vocab").glob("*.tsv")} <= sources
+
+
+def test_import_closure_follows_lazy_and_relative_imports(tmp_path: Path) -> None:
+    assert "train/text_encoder.py" in imported_files("train.build_default")  # imported inside a function
+    assert "train/onnx_compat.py" in imported_files("train.text_encoder")    # relative import
+    assert imported_files("zeroshot.images") == {"zeroshot/__init__.py", "zeroshot/images.py"}
+
+
+def test_every_onnx_writer_in_train_finalizes() -> None:
+    """onnx_compat's promise: a train/ module that writes ONNX also calls finalize_onnx (opset/IR limits)."""
+    writers = ("onnx.save(", "torch.onnx.export(", "quantize_static(", "optimized_model_filepath")
+    checked = []
+    for path in sorted((REPO / "train").glob("*.py")):
+        source = path.read_text(encoding="utf-8")
+        if path.name != "onnx_compat.py" and any(w in source for w in writers):
+            checked.append(path.name)
+            assert "finalize_onnx(" in source, path
+    assert {"image_encoder.py", "text_encoder.py", "use_m.py", "tiny_model.py"} <= set(checked)

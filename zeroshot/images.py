@@ -1,4 +1,4 @@
-"""Image decoding and preprocessing, written once (CONVENTIONS.md 4).
+"""Image decoding and preprocessing, written once: prediction, evaluation and the exporters' checks share it.
 
 :func:`load_image` turns any file into an RGB ``PIL.Image`` (EXIF orientation
 applied, alpha composited on white, 16-bit and float modes rescaled, JPEG

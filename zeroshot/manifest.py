@@ -1,7 +1,7 @@
 """Reading and validating ``model/manifest.json``.
 
-The manifest holds every model-specific constant the runtime needs (see
-CONVENTIONS.md 1): file names with sha256, ONNX input/output names, the image
+The manifest holds every model-specific constant the runtime needs, so that
+no such constant is typed in the runtime's code: file names with sha256, ONNX input/output names, the image
 preprocessing, the tokenizer, prompt templates, how scores are formed and the
 transductive balancing. The exporters in ``train/`` write it; the runtime only
 reads it, through :func:`load_manifest`.
