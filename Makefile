@@ -14,8 +14,14 @@ CAP_MB ?= $(call limit,ARCHIVE_CAP_MB)
 JUDGE_PYTHON ?= $(PY)
 REF ?=
 JUDGE_ARGS ?=
+# make train: the contest's metadata.json and images folder, the frozen image tower's model folder, the output
+METADATA ?=
+IMAGES ?=
+IMAGE_MODEL ?= model
+TRAIN_OUT ?= dist/text_tower
+TRAIN_ARGS ?=
 
-.PHONY: help venv model run data-check test vendor bundle judge bench clean
+.PHONY: help venv model run data-check test vendor bundle judge bench clean train
 
 help:  ## list the targets
 	@grep -E '^[a-z]+:.*## ' $(MAKEFILE_LIST) | sed 's/:.*## /\t/'
@@ -58,6 +64,12 @@ test: venv vendor  ## the test suite (CI runs this); vendor/ lets it check the r
 bench: venv model  ## images/s on one core: predict.py vs the organisers' ResNet-50 vs the input ceiling (int8: the model's variants.int8 or INT8_MODEL=dir)
 	$(PY) -m contest.bench --model model --data $(DATA) $(if $(INT8_MODEL),--int8-model $(INT8_MODEL)) \
 		--out bench/results/bench.json
+
+train: venv  ## train a text tower on METADATA + IMAGES against IMAGE_MODEL's image encoder, eval on DATA, model in TRAIN_OUT/model
+	@if [ -z "$(METADATA)" ] || [ -z "$(IMAGES)" ]; then \
+	  echo "make train: set METADATA=metadata.json and IMAGES=folder (the contest's format; TRAIN_ARGS for more options)" >&2; exit 2; fi
+	$(PY) -m train.text_tower --metadata $(METADATA) --images $(IMAGES) --image-model $(IMAGE_MODEL) \
+	  --out $(TRAIN_OUT) $(if $(wildcard $(GT)),--eval $(DATA)) $(TRAIN_ARGS)
 
 vendor: .venv/.stamp  ## wheels for the judge (CPython 3.8) and this machine (3.11) in vendor/ (PyPI the first time, then offline)
 	$(PY) -m contest.vendor --out vendor

@@ -52,7 +52,11 @@ class ConceptTextEncoder(nn.Module):
         return sims[:, self.index].amax(dim=-1)
 
     def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
-        logits = self.scale * self.concept_similarities(self.use(input_ids, attention_mask))
+        return self.mix_concepts(self.use(input_ids, attention_mask))
+
+    def mix_concepts(self, query: torch.Tensor) -> torch.Tensor:
+        """(B, 512) USE-m vectors -> (B, 1000) class weights: softmax over the top_k concepts, mixed."""
+        logits = self.scale * self.concept_similarities(query)
         kth = torch.topk(logits, self.top_k, dim=1).values[:, -1:]
         logits = torch.where(logits >= kth, logits, torch.full_like(logits, -1e9))
         return torch.softmax(logits, dim=1) @ self.distributions

@@ -477,7 +477,8 @@ def zero_shot(run: Run) -> Dict[str, float]:
 def evaluate(run: Run) -> Dict[str, float]:
     """Held-out recall@k and --eval zero-shot accuracy; logged and returned."""
     result = {**recall_at(run), **zero_shot(run)}
-    logger.info("evaluation: %s", ", ".join(f"{k} {v:.4g}" for k, v in result.items()) or "nothing to evaluate")
+    if result:
+        logger.info("evaluation: %s", ", ".join(f"{k} {v:.4g}" for k, v in result.items()))
     return result
 
 
