@@ -23,7 +23,9 @@ import json
 import logging
 import math
 import shutil
+import signal
 import sys
+import threading
 import time
 import warnings
 from dataclasses import asdict, dataclass, field
@@ -280,31 +282,33 @@ def make_optimizer(tower: TextTower, cfg: TrainConfig, steps: int) -> Tuple[torc
 
 
 class Progress:
-    """A progress line on stderr: step, loss, pairs/s; redrawn in place on a terminal, logged otherwise."""
+    """A progress line on stderr: step, loss, training pairs/s (evaluation time excluded); redrawn in place on a
+    terminal, logged every 5% otherwise."""
 
-    def __init__(self, total: int, start: int) -> None:
-        self.total, self.start = total, start
-        self.t0 = time.perf_counter()
-        self.pairs = 0
+    def __init__(self, total: int) -> None:
+        self.total = total
+        self.pairs, self.seconds = 0, 0.0
         self.tty = sys.stderr.isatty()
         self.every = max(1, total // 20)
 
-    def update(self, step: int, loss: float, pairs: int) -> None:
+    @property
+    def rate(self) -> float:
+        return self.pairs / max(self.seconds, 1e-9)
+
+    def update(self, step: int, loss: float, pairs: int, seconds: float) -> None:
         self.pairs += pairs
-        rate = self.pairs / max(time.perf_counter() - self.t0, 1e-9)
+        self.seconds += seconds
         done = int(30 * step / max(self.total, 1))
-        line = f"[{'#' * done}{'.' * (30 - done)}] step {step}/{self.total} loss {loss:.4f} {rate:.0f} pairs/s"
+        line = f"[{'#' * done}{'.' * (30 - done)}] step {step}/{self.total} loss {loss:.4f} {self.rate:.0f} pairs/s"
         if self.tty:
             sys.stderr.write("\r" + line)
             sys.stderr.flush()
         elif step % self.every == 0 or step == self.total:
             logger.info("%s", line)
 
-    def close(self) -> float:
-        """Ends the line; returns the measured pairs/s."""
+    def close(self) -> None:
         if self.tty:
             sys.stderr.write("\n")
-        return self.pairs / max(time.perf_counter() - self.t0, 1e-9)
 
 
 def _batch_tensors(run: Run, idx: np.ndarray, device: torch.device) -> Tuple[torch.Tensor, torch.Tensor]:
@@ -362,19 +366,62 @@ def load_checkpoint(run: Run, path: Path) -> Dict[str, Any]:
     return state
 
 
-def train(run: Run, resume: bool = False, stop_after: Optional[int] = None) -> Dict[str, Any]:
+class _Interrupt:
+    """Within ``with``: Ctrl-C (SIGINT) only sets ``flag``, so the loop can stop at a step boundary with a checkpoint."""
+
+    def __init__(self) -> None:
+        self.flag = False
+        self._previous: Any = None
+
+    def __enter__(self) -> "_Interrupt":
+        if threading.current_thread() is threading.main_thread():
+            self._previous = signal.signal(signal.SIGINT, self._set)
+        return self
+
+    def _set(self, signum: int, frame: Any) -> None:
+        self.flag = True
+        logger.warning("interrupt: stopping after this step with a checkpoint")
+
+    def __exit__(self, *exc: Any) -> None:
+        if self._previous is not None:
+            signal.signal(signal.SIGINT, self._previous)
+
+
+def _step(run: Run, idx: np.ndarray, feats: Optional[torch.Tensor], device: torch.device, opt: Any, sched: Any,
+          scaler: Any) -> float:
+    """One optimizer step on the pairs ``idx``; returns the loss. With a GradScaler the tower runs in float16
+    autocast; the similarities and the loss are always float32 (log of small probabilities)."""
+    images, column = _batch_tensors(run, idx, device)
+    with torch.autocast(device_type=device.type, dtype=torch.float16, enabled=scaler is not None):
+        if feats is not None:
+            text = run.tower.project(feats[torch.from_numpy(idx).to(device)])
+        else:
+            text = run.tower(*tokens(run.tokenizer, [run.data.texts[i] for i in idx], device))
+    loss = info_nce(similarity(text.float(), images, run.manifest["score"]), column, run.tower.scale())
+    opt.zero_grad(set_to_none=True)
+    if scaler is not None:
+        scaler.scale(loss).backward()
+        scaler.step(opt)
+        scaler.update()
+    else:
+        loss.backward()
+        opt.step()
+    sched.step()
+    return loss.item()
+
+
+def train(run: Run, resume: bool = False) -> Dict[str, Any]:
     """Train the tower; returns {"steps", "pairs_per_s", "final_loss", "first_loss"}.
 
-    ``resume``: continue from the latest checkpoint in OUT/checkpoints.
-    ``stop_after``: stop (with a checkpoint) once that many steps are done, as an interruption would.
+    ``resume``: continue from the latest checkpoint in OUT/checkpoints. Ctrl-C stops after the
+    current step with a checkpoint and raises KeyboardInterrupt.
     """
     cfg, device = run.cfg, torch.device(run.cfg.device)
     plan = BatchPlan(run.data, cfg.batch_size, cfg.hard_negatives, cfg.seed)
     steps = total_steps(cfg, plan)
     run.tower.to(device).train()
     opt, sched = make_optimizer(run.tower, cfg, steps)
-    amp = device.type == "cuda"
-    scaler = torch.amp.GradScaler("cuda") if amp else None
+    scaler = torch.amp.GradScaler("cuda") if device.type == "cuda" else None
     start = 0
     if resume:
         path = latest_checkpoint(run.out)
@@ -389,48 +436,33 @@ def train(run: Run, resume: bool = False, stop_after: Optional[int] = None) -> D
         start = int(state["step"])
         logger.info("resumed from %s at step %d of %d", path, start, steps)
     frozen_encoder = not any(p.requires_grad for p in run.tower.encoder.parameters())
+    t0 = time.perf_counter()
     feats = encode_texts(run.tower, run.tokenizer, run.data.texts, device, project=False) if frozen_encoder else None
+    feature_seconds = time.perf_counter() - t0
     logger.info("training %d steps (%d per epoch, batch %d with %d hard negatives) on %s; %s", steps,
                 plan.steps_per_epoch, plan.batch, plan.n_hard, device,
                 "encoder frozen: text features computed once" if frozen_encoder else
                 f"{sum(p.numel() for p in run.tower.encoder.parameters() if p.requires_grad)} encoder weights trained")
-    progress = Progress(steps, start)
+    progress = Progress(steps)
     losses: List[float] = []
-    step = start
-    try:
+    interrupted = _Interrupt()
+    with interrupted:
         for step in range(start, steps):
+            t0 = time.perf_counter()
             idx = plan(step)
-            images, column = _batch_tensors(run, idx, device)
-            with torch.autocast(device_type=device.type, dtype=torch.float16, enabled=amp):
-                if feats is not None:
-                    text = run.tower.project(feats[torch.from_numpy(idx).to(device)])
-                else:
-                    text = run.tower(*tokens(run.tokenizer, [run.data.texts[i] for i in idx], device))
-                loss = info_nce(similarity(text.float(), images, run.manifest["score"]), column, run.tower.scale())
-            opt.zero_grad(set_to_none=True)
-            if scaler is not None:
-                scaler.scale(loss).backward()
-                scaler.step(opt)
-                scaler.update()
-            else:
-                loss.backward()
-                opt.step()
-            sched.step()
-            losses.append(loss.item())
-            progress.update(step + 1, losses[-1], len(idx))
+            losses.append(_step(run, idx, feats, device, opt, sched, scaler))
+            progress.update(step + 1, losses[-1], len(idx), time.perf_counter() - t0)
             done = step + 1
-            if (done % plan.steps_per_epoch == 0 or done == steps) and done != stop_after:
+            if (done % plan.steps_per_epoch == 0 or done == steps) and not interrupted.flag:
                 run.history.append({"step": done, "loss": losses[-1], **evaluate(run)})
-            if done % cfg.checkpoint_every == 0 or done == steps or done == stop_after:
+            if done % cfg.checkpoint_every == 0 or done == steps or interrupted.flag:
                 save_checkpoint(run, done, opt, sched, scaler)
-            if done == stop_after:
-                break
-    except KeyboardInterrupt:
-        save_checkpoint(run, step, opt, sched, scaler)
-        raise
-    rate = progress.close()
-    return {"steps": steps, "first_loss": losses[0] if losses else None,
-            "final_loss": losses[-1] if losses else None, "pairs_per_s": rate, "losses": losses}
+            if interrupted.flag:
+                progress.close()
+                raise KeyboardInterrupt(f"interrupted after step {done}; --resume continues from there")
+    progress.close()
+    return {"steps": steps, "first_loss": losses[0] if losses else None, "final_loss": losses[-1] if losses else None,
+            "pairs_per_s": progress.rate, "text_features_s": feature_seconds, "losses": losses}
 
 
 # ----------------------------------------------------------------------------------- evaluation
