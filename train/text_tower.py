@@ -248,8 +248,7 @@ class BatchPlan:
         rng = np.random.default_rng([self.seed, epoch, i, 1])
         pool = self.pairs[rng.choice(len(self.pairs), size=min(len(self.pairs), HARD_POOL * self.n_hard),
                                      replace=False)]
-        taken = set(self.rows[anchors].tolist())
-        pool = np.array([p for p in pool if self.rows[p] not in taken], dtype=np.int64)
+        pool = pool[~np.isin(self.rows[pool], self.rows[anchors])]
         if not len(pool):
             return anchors
         closeness = (self._unit(self.rows[pool]) @ self._unit(self.rows[anchors]).T).max(axis=1)
