@@ -39,15 +39,17 @@ from torch import nn
 from zeroshot.command import make_parser, parse_args
 from zeroshot.datasets import class_mask, discover
 from zeroshot.encoders import make_session
-from zeroshot.scoring import logits as score_logits
+from zeroshot.scoring import class_logits
 from zeroshot.scoring import predict
 from zeroshot.text import Tokenizer, build_prompts
 
+from .contract import ATTENTION_MASK, INPUT_IDS, TEXT_ENCODER_FILE, TOKENIZER_FILE, text_config
+from .contract import tokenizer as runtime_tokenizer
 from .image_cache import ImageTower, embed_cached
 from .manifest_io import write_manifest
 from .onnx_compat import OPSET, finalize_onnx
 from .pairs import Pairs, read_class_folders, read_metadata, read_pairs_jsonl
-from .tower_model import (TEXT_MODELS, TOKENIZER_CFG, TextTower, build_encoder, default_tokenizer, freeze_lower,
+from .tower_model import (TEXT_MODELS, TextTower, build_encoder, default_tokenizer, freeze_lower,
                           info_nce, output_kind, similarity, trainable)
 
 logger = logging.getLogger(__name__)
@@ -498,7 +500,7 @@ def zero_shot(run: Run) -> Dict[str, float]:
         if m["score"]["similarity"] == "cosine":
             text = text / np.maximum(np.linalg.norm(text, axis=-1, keepdims=True), 1e-12)
         score_cfg = dict(m["score"], scale=run.tower.scale().detach().item())
-        scores = score_logits(vecs, text.mean(axis=0), score_cfg)
+        scores = class_logits(vecs, text.mean(axis=0), score_cfg)
         pred = predict(scores, valid, class_mask(classes), m.get("balance"), vecs, m.get("transductive"))
         out[f"zero_shot/{name}"] = 100.0 * float((pred == truth).mean())
     out["zero_shot"] = float(np.mean([out[f"zero_shot/{n}"] for n in es.names]))
@@ -538,13 +540,13 @@ def export_text_tower(tower: TextTower, path: Path, tokenizer: Tokenizer, check_
     dyn = {0: "batch", 1: "length"}
     with torch.no_grad(), warnings.catch_warnings():
         warnings.filterwarnings("ignore", category=DeprecationWarning)  # dynamo=False is deliberate
-        torch.onnx.export(module, example, str(path), input_names=["input_ids", "attention_mask"],
-                          output_names=[OUTPUT_NAME], dynamic_axes={"input_ids": dyn, "attention_mask": dyn,
+        torch.onnx.export(module, example, str(path), input_names=[INPUT_IDS, ATTENTION_MASK],
+                          output_names=[OUTPUT_NAME], dynamic_axes={INPUT_IDS: dyn, ATTENTION_MASK: dyn,
                                                                     OUTPUT_NAME: {0: "batch"}},
                           opset_version=OPSET, dynamo=False, do_constant_folding=True)
         want = module(*example).numpy()
     opset, ir_version = finalize_onnx(path)
-    got = make_session(path, 1).run([OUTPUT_NAME], {"input_ids": ids, "attention_mask": mask})[0]
+    got = make_session(path, 1).run([OUTPUT_NAME], {INPUT_IDS: ids, ATTENTION_MASK: mask})[0]
     diff = float(np.abs(got - want).max())
     if not diff <= PARITY_TOLERANCE:
         raise ValueError(f"{path}: onnxruntime differs from torch by {diff:.2e} > {PARITY_TOLERANCE:.0e}")
@@ -572,11 +574,11 @@ def export_model(run: Run, train_summary: Dict[str, Any]) -> Path:
     model = run.out / "model"
     model.mkdir(parents=True, exist_ok=True)
     m = run.manifest
-    record = export_text_tower(run.tower, model / "text_encoder.onnx", run.tokenizer,
+    record = export_text_tower(run.tower, model / TEXT_ENCODER_FILE, run.tokenizer,
                                CHECK_TEXTS + [t.replace("{}", "кот") for t in m["text"]["templates"]])
-    shutil.copyfile(run.tokenizer_path, model / "tokenizer.model")
+    shutil.copyfile(run.tokenizer_path, model / TOKENIZER_FILE)
     files, variants = _copy_image_files(run, model)
-    files.update({"text_encoder": "text_encoder.onnx", "tokenizer": "tokenizer.model"})
+    files.update({"text_encoder": TEXT_ENCODER_FILE, "tokenizer": TOKENIZER_FILE})
     scale = round(run.tower.scale().detach().item(), 4)
     sections: Dict[str, Any] = {
         "name": f"text-tower-{run.cfg.text_model}+{m.get('name', run.image_model.name)}",
@@ -584,9 +586,7 @@ def export_model(run: Run, train_summary: Dict[str, Any]) -> Path:
                        f"image encoder of {m.get('name', run.image_model.name)}",
         "batch_size": int(m.get("batch_size", 16)),
         "image": dict(m["image"]),
-        "text": {"input_ids": "input_ids", "attention_mask": "attention_mask", "output": OUTPUT_NAME,
-                 "tokenizer": dict(TOKENIZER_CFG), "normalize": m["text"].get("normalize", []),
-                 "templates": m["text"]["templates"]},
+        "text": text_config(OUTPUT_NAME, m["text"]["templates"], m["text"].get("normalize", [])),
         "score": {"similarity": m["score"]["similarity"], "logit": m["score"]["logit"], "scale": scale},
         "validation": {"text_encoder": record, "image_encoder": m.get("validation", {}).get("image_encoder")},
         "training": {"config": asdict(run.cfg), "pairs": len(run.data.texts), "train_pairs": len(run.data.train),
@@ -637,7 +637,7 @@ def prepare(args: Any) -> Optional[Run]:
     freeze_lower(encoder, cfg.freeze_layers)
     tower = TextTower(encoder, vectors.shape[1], output_kind(m["score"]), cfg.init_scale)
     data = TrainData(pairs.texts, rows, train_idx, val_idx, vectors)
-    return Run(cfg, out, Path(args.image_model), m, tok_path, Tokenizer(tok_path, TOKENIZER_CFG), tower, data,
+    return Run(cfg, out, Path(args.image_model), m, tok_path, runtime_tokenizer(tok_path), tower, data,
                eval_set)
 
 

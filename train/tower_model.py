@@ -9,7 +9,7 @@ Text encoders (``--text-model``):
   for tests and for training from scratch.
 
 Both tokenize through the runtime's :class:`zeroshot.text.Tokenizer`, configured by the same
-``text.tokenizer`` section the exported manifest carries, so training and prediction share one
+``text.tokenizer`` section the exported manifest carries (train/contract.py), so training and prediction share one
 tokenization.
 
 The projection maps the encoder's vector into the space the image model's manifest scores
@@ -30,8 +30,6 @@ import torch.nn.functional as F
 from torch import nn
 
 TEXT_MODELS = ("use-m", "tiny")
-TOKENIZER_CFG: Dict[str, Any] = {"type": "sentencepiece", "bos_id": 1, "eos_id": 2, "pad_id": 0,
-                                 "context_length": None}
 TINY_DIM = 64
 MAX_SCALE = 100.0
 _EPS = 1e-12

@@ -26,11 +26,11 @@ import torch
 from torch import nn
 
 from zeroshot.manifest import load_manifest
-from zeroshot.text import Tokenizer
 
 from .concepts import ConceptBank, inflections
 from .text_tower import Run, TrainConfig, TrainData
-from .tower_model import TOKENIZER_CFG, TextTower, UseMEncoder, freeze_lower
+from .contract import tokenizer
+from .tower_model import TextTower, UseMEncoder, freeze_lower
 
 logger = logging.getLogger(__name__)
 
@@ -70,7 +70,7 @@ def vocab_run(bank: ConceptBank, image_model: Path, out: Path, cfg: TrainConfig)
                      bank.distributions.astype(np.float32))
     from .use_m import sp_model_path
 
-    return Run(cfg, Path(out), Path(image_model), manifest, sp_model_path(), Tokenizer(sp_model_path(), TOKENIZER_CFG),
+    return Run(cfg, Path(out), Path(image_model), manifest, sp_model_path(), tokenizer(sp_model_path()),
                tower, data)
 
 

@@ -11,7 +11,7 @@ inflections held out (entries removed, and group/proxy rows naming a dev class d
    their mixtures, and prints mean accuracy x 100 per setting to stdout.
 
 The head's settings are fixed below, not tuned on the dev set.
-Usage: ``python -m train.experiments.vocab_head_holdout [--data ../shared/devsets] [--model model]``.
+Usage: ``python -m train.experiments.vocab_head_holdout [--data DEVSETS] [--model model]``.
 """
 
 from __future__ import annotations
@@ -28,7 +28,8 @@ import torch
 
 from zeroshot.command import make_parser, parse_args
 from zeroshot.datasets import discover
-from zeroshot.scoring import logits as score_logits
+from zeroshot.limits import DEVSETS_DIR, MODEL_DIR
+from zeroshot.scoring import class_logits
 from zeroshot.scoring import predict
 from zeroshot.text import build_prompts, normalize_name
 
@@ -85,7 +86,7 @@ def class_weights(run: Run, bank: ConceptBank, entries: np.ndarray, classes: Lis
 
 def score(manifest: Dict, probs: np.ndarray, weights: np.ndarray, truth: np.ndarray) -> float:
     """Accuracy x 100 of one dataset, scored like the runtime (manifest's score, balance, transductive)."""
-    scores = score_logits(probs, weights, manifest["score"])
+    scores = class_logits(probs, weights, manifest["score"])
     pred = predict(scores, np.ones(len(probs), bool), np.ones(len(weights), bool), manifest.get("balance"), probs,
                    manifest.get("transductive"))
     return 100.0 * float((pred == truth).mean())
@@ -113,9 +114,9 @@ def measure(model: Path, dev, held_out: bool, out: Path) -> Tuple[Dict[str, floa
 
 def main(argv: Optional[List[str]] = None) -> int:
     parser = make_parser("python -m train.experiments.vocab_head_holdout", __doc__.split("\n")[0])
-    parser.add_argument("--data", type=Path, default=Path("../shared/devsets"))
+    parser.add_argument("--data", type=Path, default=DEVSETS_DIR, help="labelled datasets (default: the dev set)")
     parser.add_argument("--gt", type=Path, default=None, help="default: DATA/gt.json")
-    parser.add_argument("--model", type=Path, default=Path("model"), help="the default model folder")
+    parser.add_argument("--model", type=Path, default=MODEL_DIR, help="the default model folder")
     parser.add_argument("--work", type=Path, default=Path("/tmp/zeroshot_vocab_head"), help="image cache, runs")
     args = parse_args(parser, argv)
     dev = dev_images(args.model, args.data, args.gt or args.data / "gt.json", args.work / "cache")
