@@ -78,3 +78,13 @@ def test_vocab_head_learns_the_vocabulary(tmp_path: Path) -> None:
     w = encode_texts(run.tower, run.tokenizer, bank.texts, torch.device("cpu")).numpy()
     assert (w[:, :4].argmax(axis=1) == bank.concept_of).all()
     np.testing.assert_allclose(w.sum(axis=1), 1.0, atol=1e-5)
+
+
+def test_vocab_bank_holds_out_names_from_every_vocabulary_file() -> None:
+    from train.vocab_head import vocab_bank
+
+    full, held = vocab_bank(), vocab_bank(["Слон", "гаечный ключ"])
+    assert {"слон", "слоны", "гаечный ключ"} <= set(full.texts)
+    assert not {"слон", "слоны", "гаечный ключ", "гаечные ключи"} & set(held.texts)
+    assert "африканский слон" in held.texts and len(held.names) <= len(full.names)
+    assert held.distributions.shape[1] == 1000 and len(full.texts) - len(held.texts) >= 3

@@ -485,7 +485,12 @@ def recall_at(run: Run, ks: Sequence[int] = RECALL_AT) -> Dict[str, float]:
 
 
 def zero_shot(run: Run) -> Dict[str, float]:
-    """Zero-shot accuracy x 100 per dataset of --eval and their mean, scored as the runtime scores."""
+    """Zero-shot accuracy x 100 per dataset of --eval and their mean, scored as the runtime scores.
+
+    Prompts, normalisation, score, balance and prototype refinement follow the image model's
+    manifest, with the learned scale. The refinement reads the cached image vectors (the
+    runtime reads ``image.features_output`` when a manifest names one; none of ours does).
+    """
     es = run.eval_set
     if es is None or not es.names:
         return {}
@@ -569,8 +574,11 @@ def _copy_image_files(run: Run, model: Path) -> Tuple[Dict[str, str], Dict[str, 
     return names, variants
 
 
-def export_model(run: Run, train_summary: Dict[str, Any]) -> Path:
-    """Write OUT/model: text_encoder.onnx, tokenizer.model, the image encoder copied, manifest.json."""
+def export_model(run: Run, train_summary: Dict[str, Any], scale: Optional[float] = None) -> Path:
+    """Write OUT/model: text_encoder.onnx, tokenizer.model, the image encoder copied, manifest.json.
+
+    ``scale``: the manifest's score.scale (default: the learned InfoNCE scale).
+    """
     model = run.out / "model"
     model.mkdir(parents=True, exist_ok=True)
     m = run.manifest
@@ -579,7 +587,7 @@ def export_model(run: Run, train_summary: Dict[str, Any]) -> Path:
     shutil.copyfile(run.tokenizer_path, model / TOKENIZER_FILE)
     files, variants = _copy_image_files(run, model)
     files.update({"text_encoder": TEXT_ENCODER_FILE, "tokenizer": TOKENIZER_FILE})
-    scale = round(run.tower.scale().detach().item(), 4)
+    scale = round(run.tower.scale().detach().item(), 4) if scale is None else scale
     sections: Dict[str, Any] = {
         "name": f"text-tower-{run.cfg.text_model}+{m.get('name', run.image_model.name)}",
         "description": f"{run.cfg.text_model} text tower trained contrastively (train.text_tower) against the frozen "

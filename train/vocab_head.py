@@ -12,27 +12,46 @@ by train/text_tower.py's loop with InfoNCE over ``log(p . w)``, the runtime's ow
 :func:`holdout_bank` removes names (and their inflections) from a bank, so that the bank lookup
 and the head can be measured on class names neither has seen
 (train/experiments/vocab_head_holdout.py). :class:`BankHeadTextEncoder` is the option to wire
-into the default model: ``w = (1 - alpha) * bank(w) + alpha * head(w)``.
+into the default model: ``w = (1 - alpha) * bank(w) + alpha * head(w)``; alpha = 1 is the head alone,
+which ``python -m train.vocab_head --out DIR`` trains and exports as a complete model folder
+(DIR/model: the image model's image encoder, the head as the text encoder, the image model's
+score, balance and transductive sections) for ``./predict.sh --model DIR/model``.
+
+Usage: ``python -m train.vocab_head --out DIR [--image-model model] [--hold-out NAME ...]``.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import logging
+import sys
 from pathlib import Path
-from typing import List, Sequence
+from typing import List, Optional, Sequence
 
 import numpy as np
 import torch
 from torch import nn
 
+from zeroshot.command import make_parser, parse_args
+from zeroshot.limits import MODEL_DIR
 from zeroshot.manifest import load_manifest
+from zeroshot.text import normalize_name
 
-from .concepts import ConceptBank, inflections
-from .text_tower import Run, TrainConfig, TrainData
-from .contract import tokenizer
+from .concepts import GROUP_FILES, ConceptBank, inflections, load_bank
+from .contract import NORMALIZE, tokenizer
+from .text_tower import Run, TrainConfig, TrainData, export_model, train
 from .tower_model import TextTower, UseMEncoder, freeze_lower
 
 logger = logging.getLogger(__name__)
+
+#: The head's training settings, fixed before any dev-set measurement (not tuned on it).
+HEAD = TrainConfig(text_model="use-m", epochs=20, batch_size=512, lr=3e-3, hard_negatives=0.25, freeze_layers=-1,
+                   seed=0, checkpoint_every=10 ** 9, val_fraction=0.0)
+
+
+def norm(text: str) -> str:
+    """The runtime's class-name normalisation with every step (train/contract.py NORMALIZE)."""
+    return normalize_name(text, NORMALIZE)
 
 
 def holdout_forms(names: Sequence[str], normalize) -> List[str]:
@@ -49,6 +68,15 @@ def holdout_bank(bank: ConceptBank, forms: Sequence[str]) -> ConceptBank:
     keep = [i for i, t in enumerate(bank.texts) if t not in banned]
     logger.info("held out %d entries of %d (%d forms)", len(bank.texts) - len(keep), len(bank.texts), len(banned))
     return ConceptBank([bank.texts[i] for i in keep], bank.concept_of[keep], bank.distributions, bank.names)
+
+
+def vocab_bank(held_out: Sequence[str] = ()) -> ConceptBank:
+    """The default model's bank (Russian entries with inflections, no English), with ``held_out`` names removed:
+    group/proxy rows naming one of them dropped, and every entry equal to one of them or an inflection of one."""
+    if not held_out:
+        return load_bank(norm, english=False)
+    bank = load_bank(norm, english=False, exclude=[norm(n) for n in held_out], exclude_from=GROUP_FILES)
+    return holdout_bank(bank, holdout_forms(held_out, norm))
 
 
 def vocab_run(bank: ConceptBank, image_model: Path, out: Path, cfg: TrainConfig) -> Run:
@@ -99,3 +127,22 @@ def mix_weights(bank_w: np.ndarray, head_w: np.ndarray, alpha: float) -> np.ndar
     """float32 (C, 1000) class weights of the bank and of the head -> their mixture (numpy twin of the module)."""
     return ((1.0 - alpha) * bank_w + alpha * head_w).astype(np.float32)
 
+
+
+def main(argv: Optional[List[str]] = None) -> int:
+    """Train the head on the vocabulary and export OUT/model; the training summary goes to the log."""
+    parser = make_parser("python -m train.vocab_head", __doc__.split("\n")[0])
+    parser.add_argument("--out", type=Path, required=True, help="output folder (OUT/model is the model folder)")
+    parser.add_argument("--image-model", type=Path, default=MODEL_DIR, help="model folder with a probability encoder")
+    parser.add_argument("--hold-out", nargs="*", default=[], help="class names left out of the vocabulary")
+    parser.add_argument("--epochs", type=int, default=HEAD.epochs)
+    args = parse_args(parser, argv)
+    cfg = dataclasses.replace(HEAD, epochs=args.epochs)
+    run = vocab_run(vocab_bank(args.hold_out), args.image_model, args.out, cfg)
+    summary = train(run)
+    export_model(run, summary, scale=float(run.manifest["score"]["scale"]))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -10,7 +10,7 @@ inflections held out (entries removed, and group/proxy rows naming a dev class d
    image cache, score log(p . w), Sinkhorn, prototype refinement) with the bank, the head and
    their mixtures, and prints mean accuracy x 100 per setting to stdout.
 
-The head's settings are fixed below, not tuned on the dev set.
+The head's settings (train/vocab_head.py HEAD) were fixed before measuring, not tuned on the dev set.
 Usage: ``python -m train.experiments.vocab_head_holdout [--data DEVSETS] [--model model]``.
 """
 
@@ -31,23 +31,18 @@ from zeroshot.datasets import discover
 from zeroshot.limits import DEVSETS_DIR, MODEL_DIR
 from zeroshot.scoring import class_logits
 from zeroshot.scoring import predict
-from zeroshot.text import build_prompts, normalize_name
+from zeroshot.text import build_prompts
 
-from ..build_default import CONCEPT_SCALE, CONCEPT_TOP_K, NORMALIZE, TEMPLATES
-from ..concepts import GROUP_FILES, ConceptBank, concept_similarities, load_bank, mix
+from ..build_default import CONCEPT_SCALE, CONCEPT_TOP_K, TEMPLATES
+from ..concepts import ConceptBank, concept_similarities, mix
+from ..contract import NORMALIZE
 from ..image_cache import ImageTower, embed_cached
-from ..text_tower import Run, TrainConfig, encode_texts, train
-from ..vocab_head import holdout_bank, holdout_forms, mix_weights, vocab_run
+from ..text_tower import Run, encode_texts, train
+from ..vocab_head import HEAD, mix_weights, vocab_bank, vocab_run
 
 logger = logging.getLogger(__name__)
 
-HEAD = TrainConfig(text_model="use-m", epochs=20, batch_size=512, lr=3e-3, hard_negatives=0.25, freeze_layers=-1,
-                   seed=0, checkpoint_every=10 ** 9, val_fraction=0.0)
 ALPHAS = (0.25, 0.5)
-
-
-def norm(text: str) -> str:
-    return normalize_name(text, NORMALIZE)
 
 
 def dev_images(model: Path, data: Path, gt_path: Path, cache: Path) -> List[Tuple[str, List[str], np.ndarray, np.ndarray]]:
@@ -61,14 +56,6 @@ def dev_images(model: Path, data: Path, gt_path: Path, cache: Path) -> List[Tupl
             raise ValueError(f"{ds.root}: {int((rows < 0).sum())} images cannot be decoded")
         out.append((ds.name, ds.classes, np.asarray(vectors[rows]), np.array([gt[ds.name][i] for i in ds.ids])))
     return out
-
-
-def bank_for(names: List[str], held_out: bool) -> ConceptBank:
-    """The default model's bank (no English entries), with ``names`` and their inflections held out if asked."""
-    if not held_out:
-        return load_bank(norm, english=False)
-    bank = load_bank(norm, english=False, exclude=[norm(n) for n in names], exclude_from=GROUP_FILES)
-    return holdout_bank(bank, holdout_forms(names, norm))
 
 
 def class_weights(run: Run, bank: ConceptBank, entries: np.ndarray, classes: List[str]) -> Dict[str, np.ndarray]:
@@ -95,7 +82,7 @@ def score(manifest: Dict, probs: np.ndarray, weights: np.ndarray, truth: np.ndar
 def measure(model: Path, dev, held_out: bool, out: Path) -> Tuple[Dict[str, float], Dict[str, float]]:
     """Train the head on the (held-out) vocabulary; (dev score per setting, training summary)."""
     names = [c for _, classes, _, _ in dev for c in classes]
-    bank = bank_for(names, held_out)
+    bank = vocab_bank(names if held_out else ())
     run = vocab_run(bank, model, out, HEAD)
     t0 = time.perf_counter()
     summary = train(run)
