@@ -10,6 +10,7 @@ import logging
 import os
 import random
 import signal
+import zipfile
 from pathlib import Path
 from typing import List
 
@@ -187,6 +188,13 @@ def test_cli_trains_evaluates_exports_and_predict_sh_runs(tmp_path: Path, contes
     proc = run_predict_sh(datasets, tmp_path / "pred.json", model)
     assert proc.returncode == 0, proc.stderr
     assert set(read_json(tmp_path / "pred.json")["colours"]) == set(truth)
+
+    from contest.bundle import build
+    from zeroshot.limits import ARCHIVE_CAP_MB
+
+    build(model, None, tmp_path / "submission.zip", cap_mb=ARCHIVE_CAP_MB)
+    names = set(zipfile.ZipFile(tmp_path / "submission.zip").namelist())
+    assert {"model/manifest.json", "model/text_encoder.onnx", "model/tokenizer.model", "predict.sh"} <= names
 
     # the stages on their own: export again from the latest checkpoint gives the same text encoder
     before = (model / "text_encoder.onnx").read_bytes()
