@@ -45,7 +45,7 @@ def build_parser() -> argparse.ArgumentParser:
                         help="threads for decoding and inference (default: CPUs this process may use)")
     parser.add_argument("--time-budget", type=float, default=JUDGE_TIME_LIMIT_S - SAFETY_MARGIN_S,
                         help="seconds for the whole run; past the projection, cheaper paths are used "
-                             "(default: 23 min minus %d s = %%(default)s)" % SAFETY_MARGIN_S)
+                             "(default: the judge's %d s minus %d s = %%(default)s)" % (JUDGE_TIME_LIMIT_S, SAFETY_MARGIN_S))
     parser.add_argument("--strict", action="store_true",
                         help="exit 1 if any image or dataset had a problem (the JSON is still written)")
     return parser
