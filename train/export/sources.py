@@ -11,7 +11,9 @@ Families (``--from``):
   with its tokenizer and ``preprocessor_config.json``;
 - ``mclip``: a Multilingual-CLIP folder (``multilingual_clip.pt_multilingual_clip.MultilingualCLIP``:
   an HF text model + linear projection) with the image tower of ``--image-from``
-  (an HF CLIP folder, or an open_clip checkpoint with ``--arch``).
+  (an HF CLIP folder, or an open_clip checkpoint with ``--arch``);
+- ``ruclip``: an ai-forever ruCLIP folder (config.json, pytorch_model.bin, bpe.model),
+  see :mod:`train.export.ruclip`.
 
 A Source holds torch modules with the pooling inside (ids [, mask] -> embeds;
 pixels -> embeds), the checkpoint's own tokenizer and end-to-end text
@@ -35,7 +37,7 @@ from torch import nn
 
 logger = logging.getLogger(__name__)
 
-FAMILIES = ("open_clip", "hf", "mclip")
+FAMILIES = ("open_clip", "hf", "mclip", "ruclip")
 OPENAI_MEAN = [0.48145466, 0.4578275, 0.40821073]
 OPENAI_STD = [0.26862954, 0.26130258, 0.27577711]
 # PIL resample codes used by transformers' image processors
@@ -389,6 +391,10 @@ def load_source(family: str, path: Optional[Path], arch: Optional[str] = None, c
         raise ValueError(f"--from {family} needs the model folder")
     if family == "hf":
         return load_hf(path)
+    if family == "ruclip":
+        from .ruclip import load_ruclip
+
+        return load_ruclip(path)
     if family == "mclip":
         if image_from is None:
             raise ValueError("--from mclip needs --image-from (an HF CLIP folder or an open_clip checkpoint)")
