@@ -138,7 +138,7 @@ def test_ruclip_export_predicts_like_torch(reference: Dict[str, Any], tmp_path: 
     val = manifest["validation"]
     assert val["text_encoder"]["rows"] == 320 and val["text_encoder"]["min_cosine"] >= 0.9999
     assert val["image_encoder"]["opset"] <= 17 and val["image_encoder"]["ir_version"] <= 9
-    assert manifest["image"]["resize"] == "center_crop" and manifest["image"]["interpolation"] == "bilinear"
+    assert manifest["image"]["resize"] == "crop_square" and manifest["image"]["interpolation"] == "bilinear"
     proc = run_predict_sh(tmp_path / "data", tmp_path / "out.json", tmp_path / "model")
     assert proc.returncode == 0, proc.stderr
     ours = read_json(tmp_path / "out.json")["ds"]

@@ -17,7 +17,7 @@ by file. Everything else follows ruclip's ``RuCLIPProcessor``:
   youtokentome itself, so the id check compares against the original;
 - images: ``RandomResizedCrop(size, scale=(1, 1), ratio=(1, 1))``, which for
   any image is the central square of the shorter side resized bilinearly:
-  the runtime's ``center_crop`` + ``bilinear``; mean/std from the config (CLIP's by default).
+  the runtime's ``crop_square`` + ``bilinear``; mean/std from the config (CLIP's by default).
 """
 
 from __future__ import annotations
@@ -145,7 +145,7 @@ def load_ruclip(folder: Path, yttm_python: Optional[str] = None) -> Source:
             return model.encode_text(torch.from_numpy(tokenize(texts)[0])).float().numpy()
 
     size = int(config["image_resolution"])
-    image_cfg = {"size": size, "resize": "center_crop", "interpolation": "bilinear",
+    image_cfg = {"size": size, "resize": "crop_square", "interpolation": "bilinear",
                  "mean": [float(v) for v in config.get("mean") or OPENAI_MEAN],
                  "std": [float(v) for v in config.get("std") or OPENAI_STD]}
     return Source(name=f"ruclip:{folder.name}", family="ruclip",
