@@ -64,7 +64,8 @@ class Source:
     logit_scale: float
     logit_bias: Optional[float] = None
     token_embedding: Optional[Callable[[], nn.Embedding]] = None
-    set_pad_id: Optional[Callable[[int], None]] = None
+    unk_id: Optional[int] = None
+    special_ids: List[int] = field(default_factory=list)
     info: Dict[str, Any] = field(default_factory=dict)
 
 
@@ -209,31 +210,26 @@ def load_open_clip(arch: str, checkpoint: Path) -> Source:
         pad_id = int(hf_tok.pad_token_id)
         cfg = _hf_tokenizer_cfg(hf_tok, context, True)
         save = lambda path: _save_backend(hf_tok.backend_tokenizer, path)  # noqa: E731
+        unk_id, specials = hf_tok.unk_token_id, list(hf_tok.all_special_ids)
 
         def embedding() -> nn.Embedding:
             return model.text.transformer.get_input_embeddings()
-
-        def set_pad(new: int) -> None:
-            model.text.config.pad_token_id = new
-            emb = model.text.transformer.embeddings
-            if hasattr(emb, "padding_idx"):
-                emb.padding_idx = new
     else:
         pad_id = 0
         cfg = {"type": "hf_tokenizers", "bos_id": None, "eos_id": None, "pad_id": 0, "context_length": context,
                "pad_to_context": True, "lowercase": False, "add_special_tokens": True, "id_map": None}
         save = lambda path: clip_bpe_tokenizer_json(tokenizer).save(str(path))  # noqa: E731
+        unk_id, specials = None, [int(tokenizer.sot_token_id), int(tokenizer.eot_token_id)]
 
         def embedding() -> nn.Embedding:
             return model.token_embedding
-
-        set_pad = None
     return Source(name=f"open_clip:{name}", family="open_clip",
                   image_module=_Call(model, lambda m, px: m.encode_image(px)),
                   text_module=_Call(model, lambda m, ids: m.encode_text(ids)),
                   text_uses_mask=False, fixed_length=True, tokenize=tokenize, reference_text=reference,
                   save_tokenizer=save, tokenizer_cfg=cfg, image_cfg=_open_clip_image_cfg(model, name),
-                  logit_scale=scale, logit_bias=bias, token_embedding=embedding, set_pad_id=set_pad,
+                  logit_scale=scale, logit_bias=bias, token_embedding=embedding,
+                  unk_id=unk_id, special_ids=specials,
                   info={"arch": name, "checkpoint": checkpoint.name, "text_tower": "hf" if hf_text else "open_clip"})
 
 
@@ -306,8 +302,8 @@ def load_hf(folder: Path) -> Source:
                   tokenizer_cfg=_hf_tokenizer_cfg(tok, context, siglip),
                   image_cfg=_hf_image_cfg(folder, model.config.vision_config.image_size),
                   logit_scale=float(model.logit_scale.exp()), logit_bias=bias,
-                  token_embedding=lambda: model.get_input_embeddings() if hasattr(model, "get_input_embeddings")
-                  and model.get_input_embeddings() is not None else model.text_model.embeddings.token_embedding,
+                  token_embedding=lambda: model.text_model.embeddings.token_embedding,
+                  unk_id=tok.unk_token_id, special_ids=list(tok.all_special_ids),
                   info={"model_type": kind, "folder": folder.name})
 
 
@@ -363,18 +359,13 @@ def load_mclip(folder: Path, image_from: Path, arch: Optional[str] = None) -> So
         with torch.no_grad():
             return model(list(texts), tok).float().numpy()
 
-    def set_pad(new: int) -> None:
-        model.transformer.config.pad_token_id = new
-        emb = model.transformer.embeddings
-        if hasattr(emb, "padding_idx"):
-            emb.padding_idx = new
-
     return Source(name=f"mclip:{folder.name}+{image_name}", family="mclip", image_module=image_module,
                   text_module=_Call(model, text_fn), text_uses_mask=True, fixed_length=False,
                   tokenize=tokenize, reference_text=reference,
                   save_tokenizer=lambda path: _save_backend(tok.backend_tokenizer, path),
                   tokenizer_cfg=_hf_tokenizer_cfg(tok, context, False), image_cfg=image_cfg, logit_scale=scale,
-                  token_embedding=lambda: model.transformer.get_input_embeddings(), set_pad_id=set_pad,
+                  token_embedding=lambda: model.transformer.get_input_embeddings(),
+                  unk_id=tok.unk_token_id, special_ids=list(tok.all_special_ids),
                   info={"text": folder.name, "image": image_name})
 
 
