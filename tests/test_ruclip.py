@@ -7,7 +7,6 @@ strings, both written by ``train/experiments/yttm_reference.py`` on CPython 3.8.
 
 from __future__ import annotations
 
-import json
 import os
 import re
 from pathlib import Path
@@ -80,34 +79,6 @@ def test_youtokentome_itself_when_available(reference: Dict[str, Any]) -> None:
     assert encode([s.lower() for s in reference["strings"]]) == reference["ids"]
 
 
-def _export(folder: Path, out: Path, check_texts: list, images: list) -> Dict[str, Any]:
-    """The export steps for a ruCLIP Source: ONNX towers with parity, tokenizer, manifest (plain scoring)."""
-    from train.export.onnx_image import export_image_encoder
-    from train.export.onnx_text import export_text_encoder
-    from train.export.sources import load_source
-    from train.manifest_io import write_manifest
-    from train.templates import load_templates
-
-    src = load_source("ruclip", folder)
-    out.mkdir(parents=True)
-    ids, _ = src.tokenize(check_texts)
-    src.save_tokenizer(out / "tokenizer.json")
-    runtime_ids, _ = Tokenizer(out / "tokenizer.json", src.tokenizer_cfg).batch(check_texts)
-    assert (runtime_ids == ids).all()
-    text = export_text_encoder(src.text_module, out / "text_encoder.onnx", ids, None, fixed_length=True)
-    image_cfg = {"input": "pixel_values", "output": "image_embeds", "fast_size": None, **src.image_cfg}
-    pixels = np.stack([preprocess(load_image(p, image_cfg["size"]), image_cfg, image_cfg["size"]) for p in images])
-    image = export_image_encoder(src.image_module, out / "image_encoder.onnx", pixels)
-    sections = {"name": src.name, "batch_size": 8, "image": image_cfg,
-                "text": {"input_ids": "input_ids", "attention_mask": None, "output": "text_embeds",
-                         "tokenizer": src.tokenizer_cfg, "normalize": ["strip", "collapse_spaces"],
-                         "templates": load_templates()},
-                "score": {"similarity": "cosine", "logit": "linear", "scale": src.logit_scale},
-                "validation": {"text_encoder": text, "image_encoder": image}}
-    return write_manifest(out, {"image_encoder": "image_encoder.onnx", "text_encoder": "text_encoder.onnx",
-                                "tokenizer": "tokenizer.json"}, sections)
-
-
 def _torch_predictions(folder: Path, manifest: Dict[str, Any], classes: list, images: list) -> np.ndarray:
     """ruclip's own model: argmax of cosine between image and template-averaged text embeddings."""
     import torch
@@ -127,22 +98,26 @@ def _torch_predictions(folder: Path, manifest: Dict[str, Any], classes: list, im
     return np.argmax(img @ (text / np.linalg.norm(text, axis=1, keepdims=True)).T, axis=1)
 
 
-def test_ruclip_export_predicts_like_torch(reference: Dict[str, Any], tmp_path: Path) -> None:
+def test_ruclip_export_predicts_like_torch(tmp_path: Path) -> None:
+    """python -m train.export --from ruclip DIR --plain: validated folder; predict.sh agrees with ruclip's torch model."""
+    from train.export.cli import main
     from train.export.ruclip import TINY_RUCLIP, save_random_ruclip
 
     folder = save_random_ruclip(tmp_path / "ruclip", FIXTURE / "bpe.model", TINY_RUCLIP, seed=1)
     classes = ["кошка", "собака", "самолёт", "вертолёт", "гаечный ключ", "ёжик"]
     truth = make_dataset(tmp_path / "data", "ds", classes, 60)
-    images = sorted((tmp_path / "data" / "ds" / "img").iterdir())
-    manifest = _export(folder, tmp_path / "model", reference["strings"][:320], images[:12])
+    assert main(["--from", "ruclip", str(folder), "--out", str(tmp_path / "model"), "--plain", "--variants", "",
+                 "--no-plan", "--dev-set", str(tmp_path / "data"), "--images", "12"]) == 0
+    manifest = read_json(tmp_path / "model" / "manifest.json")
     val = manifest["validation"]
-    assert val["text_encoder"]["rows"] == 320 and val["text_encoder"]["min_cosine"] >= 0.9999
-    assert val["image_encoder"]["opset"] <= 17 and val["image_encoder"]["ir_version"] <= 9
+    assert val["runtime"]["token_ids_identical"] == val["runtime"]["strings"] >= 300
+    assert val["text_encoder"]["min_cosine"] >= 0.9999 and val["image_encoder"]["min_cosine"] >= 0.9999
     assert manifest["image"]["resize"] == "crop_square" and manifest["image"]["interpolation"] == "bilinear"
+    assert manifest["text"]["tokenizer"]["lowercase"] and manifest["text"]["tokenizer"]["eos_id"] == 3
     proc = run_predict_sh(tmp_path / "data", tmp_path / "out.json", tmp_path / "model")
     assert proc.returncode == 0, proc.stderr
     ours = read_json(tmp_path / "out.json")["ds"]
+    images = sorted((tmp_path / "data" / "ds" / "img").iterdir())
     want = _torch_predictions(folder, manifest, classes, images)
-    ids = [p.name.rsplit(".", 1)[0] for p in images]
-    agree = np.mean([ours[i] == int(w) for i, w in zip(ids, want)])
+    agree = np.mean([ours[p.name.rsplit(".", 1)[0]] == int(w) for p, w in zip(images, want)])
     assert len(ours) == len(truth) and agree >= 0.98

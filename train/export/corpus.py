@@ -13,12 +13,13 @@ import logging
 from pathlib import Path
 from typing import List, Sequence
 
+from ..templates import load_templates
+
 logger = logging.getLogger(__name__)
 
 VOCAB_DIR = Path(__file__).resolve().parent.parent / "vocab"
-# ruCLIP's Russian prompt templates (the default prompt ensemble of train.export)
-DEFAULT_TEMPLATES = ["{}", "фото, на котором изображено {}", "изображение с {}", "картинка с {}", "фото с {}",
-                     "на фото видно {}"]
+# ruCLIP's Russian prompt templates (the default prompt ensemble of train.export), shipped as data
+DEFAULT_TEMPLATES = load_templates()  # train/vocab/templates_ru.json
 ENGLISH_TEMPLATES = ["{}", "a photo of a {}.", "a picture of a {}", "an image of the {}"]
 MIN_CHECK_STRINGS = 300
 

@@ -27,7 +27,6 @@ import json
 import logging
 import os
 import subprocess
-import sys
 import tempfile
 from pathlib import Path
 from typing import Any, Dict, List, Optional, Sequence
@@ -113,6 +112,21 @@ def ruclip_batch(raw: Sequence[List[int]], cfg: Dict[str, Any]) -> Batch:
     return ids, mask
 
 
+def encode_text_at_eos(model: Any, ids: torch.Tensor) -> torch.Tensor:
+    """ruclip's ``CLIP.encode_text`` with the EOS position found by an int32 argmax.
+
+    ruclip pools at ``torch.where(ids == eos_id)[1]``, which exports as NonZero and
+    breaks the gather when a row has no EOS (or two); the first EOS by argmax is
+    the same position for every row the tokenizer makes (exactly one EOS) and
+    keeps the graph's shapes fixed. The export checks it against ``encode_text``.
+    """
+    x = model.token_embedding(ids).type(model.dtype) + model.positional_embedding.type(model.dtype)
+    x = model.transformer(x.permute(1, 0, 2)).permute(1, 0, 2)
+    x = model.ln_final(x).type(model.dtype)
+    eos = (ids == model.eos_id).to(torch.int32).argmax(dim=1)
+    return x[torch.arange(x.shape[0]), eos] @ model.text_projection
+
+
 def load_ruclip(folder: Path, yttm_python: Optional[str] = None) -> Source:
     """``ruclip.model.CLIP.from_pretrained(folder)`` with its ``bpe.model`` converted for the runtime."""
     folder = _require_file(Path(folder), "ruCLIP folder")
@@ -150,7 +164,7 @@ def load_ruclip(folder: Path, yttm_python: Optional[str] = None) -> Source:
                  "std": [float(v) for v in config.get("std") or OPENAI_STD]}
     return Source(name=f"ruclip:{folder.name}", family="ruclip",
                   image_module=_Call(model, lambda m, px: m.encode_image(px)),
-                  text_module=_Call(model, lambda m, ids: m.encode_text(ids)),
+                  text_module=_Call(model, encode_text_at_eos),
                   text_uses_mask=False, fixed_length=True, tokenize=tokenize, reference_text=reference,
                   save_tokenizer=lambda path: convert(bpe, path), tokenizer_cfg=cfg, image_cfg=image_cfg,
                   logit_scale=float(model.logit_scale.detach().exp()), token_embedding=lambda: model.token_embedding,
