@@ -1,4 +1,5 @@
-"""Golden test: zeroshot.images.preprocess against independent two-step references (PIL only).
+"""Golden test: zeroshot.images.preprocess against independent two-step references (PIL only,
+train/experiments/preprocess_reference.py, which measures the same on the dev set).
 
 - ``center_crop`` + bicubic must be CLIP's (torchvision ``Resize(S, BICUBIC)`` then
   ``CenterCrop(S)``): resize the shorter side to S, the longer to int(S * long / short),
@@ -22,6 +23,8 @@ import numpy as np
 import pytest
 from PIL import Image, ImageDraw
 
+from train.experiments.preprocess_reference import clip_reference, ruclip_reference
+from train.experiments.preprocess_reference import runtime_pixels as ours
 from zeroshot.images import preprocess
 
 SIZES = [(300, 201), (201, 300), (640, 480), (333, 500), (225, 224), (500, 101), (97, 131), (224, 224)]
@@ -38,30 +41,6 @@ def edge_rich(width: int, height: int, seed: int) -> Image.Image:
         end = (x0 + int(rng.integers(-80, 80)), y0 + int(rng.integers(-80, 80)))
         draw.line((x0, y0) + end, fill=tuple(int(v) for v in rng.integers(0, 255, 3)), width=int(rng.integers(1, 4)))
     return img
-
-
-def clip_reference(img: Image.Image, size: int) -> np.ndarray:
-    """torchvision Resize(size, BICUBIC) + CenterCrop(size), written with PIL: uint8-valued float32 (S, S, 3)."""
-    w, h = img.size
-    new_w, new_h = (size, int(size * h / w)) if w <= h else (int(size * w / h), size)
-    resized = img.resize((new_w, new_h), Image.BICUBIC)
-    top, left = int(round((new_h - size) / 2.0)), int(round((new_w - size) / 2.0))
-    return np.asarray(resized.crop((left, top, left + size, top + size)), dtype=np.float32)
-
-
-def ruclip_reference(img: Image.Image, size: int) -> np.ndarray:
-    """The central square (integer offsets), then a bilinear resize: float32 (S, S, 3)."""
-    w, h = img.size
-    side = min(w, h)
-    left, top = (w - side) // 2, (h - side) // 2
-    square = img.crop((left, top, left + side, top + side))
-    return np.asarray(square.resize((size, size), Image.BILINEAR), dtype=np.float32)
-
-
-def ours(img: Image.Image, size: int, resize: str, interpolation: str) -> np.ndarray:
-    """preprocess() with mean 0, std 1/255: its pixels in 0..255 units, (S, S, 3)."""
-    cfg = {"resize": resize, "interpolation": interpolation, "mean": [0.0] * 3, "std": [1 / 255.0] * 3}
-    return preprocess(img, cfg, size).transpose(1, 2, 0)
 
 
 @pytest.mark.parametrize("size", [224, 64])
