@@ -13,7 +13,7 @@ by file. Everything else follows ruclip's ``RuCLIPProcessor``:
   tower pools at the EOS position. The BPE is converted to a ``tokenizers``
   JSON by :mod:`train.yttm_tokenizer` (ids proven identical to youtokentome's).
   With youtokentome at hand (in this Python, or a CPython 3.8 named by
-  ``--yttm-python`` / ``$ZEROSHOT_YTTM_PYTHON``) the export tokenizes with
+  ``$ZEROSHOT_YTTM_PYTHON``) the export tokenizes with
   youtokentome itself, so the id check compares against the original;
 - images: ``RandomResizedCrop(size, scale=(1, 1), ratio=(1, 1))``, which for
   any image is the central square of the shorter side resized bilinearly:
@@ -144,8 +144,8 @@ def load_ruclip(folder: Path, yttm_python: Optional[str] = None) -> Source:
         runtime_tok = Tokenizer(converted, cfg)
     original = yttm_encoder(bpe, yttm_python or os.environ.get(YTTM_PYTHON_ENV))
     if original is None:
-        logger.warning("%s: youtokentome is not available (it has wheels for CPython <= 3.8 only; pass "
-                       "--yttm-python or set %s): token ids come from the converted tokenizer, whose identity "
+        logger.warning("%s: youtokentome is not available (it has wheels for CPython <= 3.8 only; set "
+                       "%s to such a Python): token ids come from the converted tokenizer, whose identity "
                        "with youtokentome tests/test_ruclip.py proves on a model trained by youtokentome", bpe,
                        YTTM_PYTHON_ENV)
 
