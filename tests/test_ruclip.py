@@ -121,3 +121,12 @@ def test_ruclip_export_predicts_like_torch(tmp_path: Path) -> None:
     want = _torch_predictions(folder, manifest, classes, images)
     agree = np.mean([ours[p.name.rsplit(".", 1)[0]] == int(w) for p, w in zip(images, want)])
     assert len(ours) == len(truth) and agree >= 0.98
+
+
+def test_a_missing_ruclip_file_is_named(tmp_path: Path) -> None:
+    from train.export.ruclip import TINY_RUCLIP, load_ruclip, save_random_ruclip
+
+    folder = save_random_ruclip(tmp_path / "ruclip", FIXTURE / "bpe.model", TINY_RUCLIP)
+    (folder / "bpe.model").unlink()
+    with pytest.raises(FileNotFoundError, match="bpe.model"):
+        load_ruclip(folder)
