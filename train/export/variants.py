@@ -111,9 +111,9 @@ def zero_shot(model: Any, pixels: Sequence[np.ndarray], datasets: Sequence[Tuple
     """(predictions int64 (N,), image vectors float32 (N, D), class vectors float32 (C_total, D)).
 
     ``datasets``: (class names, indices into ``pixels``) per dataset; scored
-    with the runtime's own scoring (zeroshot.scoring.logits), argmax only.
+    with the runtime's own scoring (zeroshot.scoring.class_logits), argmax only.
     """
-    from zeroshot.scoring import logits
+    from zeroshot.scoring import class_logits
 
     preds = np.zeros(len(pixels), dtype=np.int64)
     image_vecs = np.concatenate([model.encode_images(np.stack(pixels[s:s + 16]))[0]
@@ -122,7 +122,7 @@ def zero_shot(model: Any, pixels: Sequence[np.ndarray], datasets: Sequence[Tuple
     for names, idx in datasets:
         cls = model.class_vectors(names)
         class_vecs.append(cls)
-        preds[idx] = logits(image_vecs[idx], cls, model.manifest["score"]).argmax(axis=1)
+        preds[idx] = class_logits(image_vecs[idx], cls, model.manifest["score"]).argmax(axis=1)
     return preds, image_vecs, np.concatenate(class_vecs)
 
 
