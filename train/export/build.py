@@ -52,6 +52,7 @@ class Options:
     images: int = 570
     vendor: Path = VENDOR
     plan: bool = True
+    default_variant: str = "auto"
 
 
 def dev_data(root: Path, limit: int) -> Tuple[List[Path], List[Tuple[List[str], List[int]]]]:
@@ -151,7 +152,7 @@ def _variants(out: Path, files: Dict[str, str], sections: Dict[str, Any], opts: 
     if unknown:
         raise ValueError(f"unknown variants {unknown}; expected some of {sorted(variants.MODEL_VARIANTS)}")
     precisions = {p for v in wanted for p in variants.MODEL_VARIANTS[v]}
-    made = variants.make_files(out, sorted(precisions))
+    variants.make_files(out, sorted(precisions))
     candidates = {v: variants.variant_files(v) for v in ["fp32"] + wanted}
     write_manifest(out, files, sections, candidates)
     records: Dict[str, Any] = {}
@@ -168,12 +169,38 @@ def _variants(out: Path, files: Dict[str, str], sections: Dict[str, Any], opts: 
         if rec["kept"]:
             kept[name] = candidates[name]
         logger.info("variant %s: %s", name, rec)
-    used = {f for v in kept.values() for f in v.values()}
-    for name in set(made.values()) - used:
-        (out / name).unlink(missing_ok=True)
     records["thresholds"] = {"min_top1_agreement": variants.MIN_TOP1_AGREEMENT,
                              "min_mean_cosine": variants.MIN_MEAN_COSINE}
     return kept, records
+
+
+def _remove_unused(out: Path, kept: Dict[str, Dict[str, str]]) -> None:
+    """Delete the encoder files no kept variant uses (the rejected variants' files)."""
+    used = {f for v in kept.values() for f in v.values()}
+    for path in list(out.glob("image_encoder*.onnx")) + list(out.glob("text_encoder*.onnx")):
+        if path.name not in used:
+            path.unlink()
+
+
+def choose_default(kept: Dict[str, Dict[str, str]], rows: Optional[List[Dict[str, Any]]], wanted: str) -> str:
+    """The variant whose files become the manifest's default files (the ones the archive carries).
+
+    ``wanted``: a kept variant's name, or ``auto``: fp32 if it fits the plan's
+    size and time (or there is no plan), else the smallest kept variant that fits.
+    """
+    if wanted != "auto":
+        if wanted not in kept:
+            raise ValueError(f"--default {wanted}: not among the kept variants {sorted(kept)}")
+        return wanted
+    fitting = [r for r in rows or [] if r["variant"] in kept and r["fits_size"] and r["fits_time"]]
+    if not rows or any(r["variant"] == "fp32" for r in fitting):
+        return "fp32"
+    if not fitting:
+        logger.warning("no kept variant fits 700 MB and 23 minutes: the default stays fp32 (see the plan)")
+        return "fp32"
+    best = min(fitting, key=lambda r: r["archive_mb"])["variant"]
+    logger.warning("fp32 does not fit the judge's limits: the default files are variant %s", best)
+    return best
 
 
 def export(source: Source, out: Path, opts: Options) -> Dict[str, Any]:
@@ -189,11 +216,11 @@ def export(source: Source, out: Path, opts: Options) -> Dict[str, Any]:
     validation: Dict[str, Any] = {}
     model_ids, rows = ids, np.arange(len(texts))
     if opts.trim_vocabulary:
-        id_map, kept, validation["trim"] = _trim(source, out, opts.templates, texts, tok_cfg)
+        id_map, kept_ids, validation["trim"] = _trim(source, out, opts.templates, texts, tok_cfg)
         tok_cfg["id_map"] = files["tokenizer_id_map"] = trim.ID_MAP_FILE
         model_ids = id_map[ids].astype(np.int64)
         real = mask.astype(bool)
-        rows = np.flatnonzero([np.isin(r[m], kept).all() for r, m in zip(ids, real)])
+        rows = np.flatnonzero([np.isin(r[m], kept_ids).all() for r, m in zip(ids, real)])
     validation["text_encoder"] = export_text_encoder(source.text_module, out / files["text_encoder"], model_ids,
                                                      mask if source.text_uses_mask else None, source.fixed_length)
     sections = _sections(source, tok_cfg, opts)
@@ -203,11 +230,18 @@ def export(source: Source, out: Path, opts: Options) -> Dict[str, Any]:
     validation["image_encoder"]["source"] = "dev set" if images else "synthetic"
     write_manifest(out, files, {**sections, "validation": validation})
     validation["runtime"] = _runtime_checks(out, texts, model_ids, mask, reference, rows)
-    kept_variants, validation["variants"] = _variants(out, files, sections, opts, images, groups)
-    onnx_files = sorted({out / f for v in kept_variants.values() for f in v.values()})
+    kept, validation["variants"] = _variants(out, files, sections, opts, images, groups)
+    onnx_files = sorted(set(out.glob("image_encoder*.onnx")) | set(out.glob("text_encoder*.onnx")))
     validation["judge_onnxruntime"] = check_judge_runtime(onnx_files, opts.vendor)
-    manifest = write_manifest(out, files, {**sections, "validation": validation}, kept_variants if len(kept_variants) > 1 else None)
-    if opts.plan:
-        validation["plan"] = plan.plan(manifest, out, opts.vendor, images)
-        manifest = write_manifest(out, files, {**sections, "validation": validation}, kept_variants if len(kept_variants) > 1 else None)
-    return manifest
+    if opts.plan:  # every candidate is planned, the rejected ones too (marked kept: false)
+        candidates = {v: variants.variant_files(v) for v in ["fp32"] + list(validation["variants"])
+                      if v in variants.MODEL_VARIANTS}
+        rows = plan.plan(write_manifest(out, files, sections, candidates), out, opts.vendor, images)
+        for row in rows:
+            row["kept"] = row["variant"] in kept
+        validation["plan"] = rows
+    _remove_unused(out, kept)
+    default = choose_default(kept, validation.get("plan"), opts.default_variant)
+    files.update(kept[default])
+    sections["default_variant"] = default
+    return write_manifest(out, files, {**sections, "validation": validation}, kept if len(kept) > 1 else None)

@@ -67,6 +67,9 @@ def build_parser():
     parser.add_argument("--images", type=int, default=570, help="at most this many dev images for agreement")
     parser.add_argument("--vendor", type=Path, default=build.VENDOR,
                         help="the wheels folder with onnxruntime 1.16.3 (make vendor) for the judge-runtime check")
+    parser.add_argument("--default", default="auto",
+                        help="the variant whose files the manifest (and so the archive) uses by default; auto: fp32 "
+                             "if it fits 700 MB and 23 minutes, else the smallest kept variant that fits")
     parser.add_argument("--plan", action="store_true", help="print the size/time plan (also without --out)")
     parser.add_argument("--no-plan", action="store_true", help="skip the size/time measurements")
     return parser
@@ -79,7 +82,8 @@ def main(argv: Optional[List[str]] = None) -> int:
         parser.error("--out DIR is required (or --plan to only print the size/time plan)")
     opts = build.Options(plain=args.plain, trim_vocabulary=args.trim_vocabulary, dev_set=args.dev_set,
                          images=args.images, vendor=args.vendor, plan=not args.no_plan or args.plan,
-                         variants=[v.strip() for v in args.variants.split(",") if v.strip()])
+                         variants=[v.strip() for v in args.variants.split(",") if v.strip()],
+                         default_variant=args.default)
     if args.templates is not None:
         opts.templates = parse_templates(args.templates)
     source = sources.load_source(args.family, args.path, args.arch, args.checkpoint, args.image_from)

@@ -27,24 +27,42 @@ logger = logging.getLogger(__name__)
 MIN_COSINE = 0.9999  # fp32 ONNX vs torch, every row
 
 
+_PASS_THROUGH = ("Identity", "Reshape", "Squeeze", "Unsqueeze", "Flatten", "Slice", "Gather", "Expand", "Transpose")
+
+
+def _int64_tensors(graph: Any) -> set:
+    """Names of int64 tensors found by a cheap forward pass over graph inputs, initializers, Cast and
+    shape-preserving ops (no full shape inference: that would copy every weight of a 1 GB model)."""
+    from onnx import TensorProto
+
+    names = {i.name for i in graph.input if i.type.tensor_type.elem_type == TensorProto.INT64}
+    names |= {t.name for t in graph.initializer if t.data_type == TensorProto.INT64}
+    for node in graph.node:
+        if node.op_type == "Cast":
+            to = next(a.i for a in node.attribute if a.name == "to")
+            if to == TensorProto.INT64:
+                names.update(node.output)
+        elif node.op_type in _PASS_THROUGH and node.input and node.input[0] in names:
+            names.update(node.output)
+    return names
+
+
 def cast_argmax_inputs(path: Path) -> int:
-    """Insert Cast(to int32) before every ArgMax whose input is int64; rewrite ``path``; returns the count.
+    """Insert Cast(to int32) before every ArgMax that reads int64; rewrite ``path``; returns the count.
 
     EOT pooling (``x[arange, ids.argmax(-1)]``) reads the int64 token ids;
     onnxruntime 1.16 has no CPU ArgMax kernel for int64 and refuses the graph.
     Token ids are < 2**31, so the cast changes no result.
     """
     import onnx
-    from onnx import TensorProto, helper, shape_inference
+    from onnx import TensorProto, helper
 
     proto = onnx.load(str(path))
-    inferred = shape_inference.infer_shapes(proto)
-    types = {vi.name: vi.type.tensor_type.elem_type for vi in
-             list(inferred.graph.value_info) + list(inferred.graph.input) + list(inferred.graph.output)}
+    int64 = _int64_tensors(proto.graph)
     nodes: List[Any] = []
     count = 0
     for node in proto.graph.node:
-        if node.op_type == "ArgMax" and types.get(node.input[0]) == TensorProto.INT64:
+        if node.op_type == "ArgMax" and node.input[0] in int64:
             cast_out = f"{node.input[0]}_as_int32_{count}"
             nodes.append(helper.make_node("Cast", [node.input[0]], [cast_out], to=TensorProto.INT32,
                                           name=f"argmax_int32_cast_{count}"))

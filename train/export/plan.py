@@ -132,11 +132,12 @@ def plan(manifest: Dict[str, Any], model_dir: Path, vendor: Optional[Path], imag
 def format_table(rows: Sequence[Dict[str, Any]], title: str = "") -> str:
     """A Markdown table of plan rows (what the CLI prints and the README shows)."""
     head = ("| variant | archive MB | images/s (1 core) | ms/prompt | projected s for "
-            f"{PLAN_IMAGES} images | verdict |\n|---|---|---|---|---|---|\n")
+            f"{PLAN_IMAGES} images | verdict | kept |\n|---|---|---|---|---|---|---|\n")
     lines = []
     for r in rows:
+        kept = {True: "yes", False: "no (agreement)"}.get(r.get("kept"), "-")
         verdict = "fits" if r["fits_size"] and r["fits_time"] else ", ".join(
             (["over 700 MB"] if not r["fits_size"] else []) + (["over 23 min"] if not r["fits_time"] else []))
         lines.append(f"| {r['variant']} | {r['archive_mb']:.0f} | {r['images_per_s']:.1f} | {r['prompt_ms']:.1f} | "
-                     f"{r['projected_s']:.0f} | {verdict} |")
+                     f"{r['projected_s']:.0f} | {verdict} | {kept} |")
     return (f"{title}\n\n" if title else "") + head + "\n".join(lines) + "\n"

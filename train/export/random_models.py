@@ -9,6 +9,7 @@ config JSON + state-dict file, ``save_pretrained`` folders with
 
 from __future__ import annotations
 
+import functools
 import json
 import logging
 import random
@@ -31,18 +32,26 @@ TINY_XLMR = {"hidden_size": 32, "num_hidden_layers": 2, "num_attention_heads": 2
              "max_position_embeddings": 80}
 
 
-def corpus(seed: int, n: int = 2000) -> List[str]:
-    """Generated Russian/Latin pseudo-words plus real words of train/vocab, for training small tokenizers."""
+def corpus(seed: int, n: int = 500) -> List[str]:
+    """Generated Russian/Latin pseudo-words plus every fourth real name of train/vocab, for small tokenizers."""
     from .corpus import vocabulary_names
 
     rnd = random.Random(seed)
     words = [" ".join("".join(rnd.choice(_ALPHABET) for _ in range(rnd.randint(2, 9)))
                       for _ in range(rnd.randint(1, 4))) for _ in range(n)]
-    return words + vocabulary_names()
+    return words + vocabulary_names()[::4]
 
 
 def train_unigram_tokenizer(vocab_size: int, seed: int) -> Any:
     """A ``tokenizers`` Unigram model with XLM-R's special tokens (<s> 0, <pad> 1, </s> 2, <unk> 3)."""
+    from tokenizers import Tokenizer
+
+    return Tokenizer.from_str(_trained_unigram(vocab_size, seed))
+
+
+@functools.lru_cache(maxsize=4)
+def _trained_unigram(vocab_size: int, seed: int) -> str:
+    """The JSON of a trained Unigram tokenizer (cached: training takes seconds)."""
     from tokenizers import Tokenizer, models, normalizers, pre_tokenizers, processors, trainers
 
     tok = Tokenizer(models.Unigram())
@@ -52,7 +61,7 @@ def train_unigram_tokenizer(vocab_size: int, seed: int) -> Any:
                                       unk_token="<unk>", show_progress=False)
     tok.train_from_iterator(corpus(seed), trainer)
     tok.post_processor = processors.TemplateProcessing(single="<s> $A </s>", special_tokens=[("<s>", 0), ("</s>", 2)])
-    return tok
+    return tok.to_str()
 
 
 def save_xlmr(folder: Path, sizes: Dict[str, int], seed: int = 0, tokenizer_vocab: Optional[int] = 500) -> Path:

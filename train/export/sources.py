@@ -193,8 +193,8 @@ def load_open_clip(arch: str, checkpoint: Path) -> Source:
                                    pretrained_text=False).eval()
     tokenizer = open_clip.get_tokenizer(name)
     context = int(tokenizer.context_length)
-    scale = float(model.logit_scale.exp())
-    bias = float(model.logit_bias) if getattr(model, "logit_bias", None) is not None else None
+    scale = float(model.logit_scale.detach().exp())
+    bias = float(model.logit_bias.detach()) if getattr(model, "logit_bias", None) is not None else None
 
     def tokenize(texts: Sequence[str]) -> Batch:
         ids = _np(tokenizer(list(texts)))
@@ -293,7 +293,7 @@ def load_hf(folder: Path) -> Source:
         with torch.no_grad():
             return model.get_text_features(**feeds).float().numpy()
 
-    bias = float(model.logit_bias) if siglip else None
+    bias = float(model.logit_bias.detach()) if siglip else None
     return Source(name=f"hf:{folder.name}", family=f"hf-{kind}",
                   image_module=_Call(model, lambda m, px: m.get_image_features(pixel_values=px)),
                   text_module=_Call(model, text_fn), text_uses_mask=not siglip, fixed_length=siglip,
@@ -301,7 +301,7 @@ def load_hf(folder: Path) -> Source:
                   save_tokenizer=lambda path: _save_backend(tok.backend_tokenizer, path),
                   tokenizer_cfg=_hf_tokenizer_cfg(tok, context, siglip),
                   image_cfg=_hf_image_cfg(folder, model.config.vision_config.image_size),
-                  logit_scale=float(model.logit_scale.exp()), logit_bias=bias,
+                  logit_scale=float(model.logit_scale.detach().exp()), logit_bias=bias,
                   token_embedding=lambda: model.text_model.embeddings.token_embedding,
                   unk_id=tok.unk_token_id, special_ids=list(tok.all_special_ids),
                   info={"model_type": kind, "folder": folder.name})
@@ -316,7 +316,7 @@ def _image_tower(image_from: Path, arch: Optional[str]) -> Tuple[nn.Module, Dict
         src_model, kind = _hf_model(image_from)
         return (_Call(src_model, lambda m, px: m.get_image_features(pixel_values=px)),
                 _hf_image_cfg(image_from, src_model.config.vision_config.image_size),
-                float(src_model.logit_scale.exp()), f"hf:{image_from.name}")
+                float(src_model.logit_scale.detach().exp()), f"hf:{image_from.name}")
     if not arch:
         raise ValueError(f"{image_from}: an open_clip checkpoint as --image-from needs --arch")
     oc = load_open_clip(arch, image_from)
