@@ -2,8 +2,9 @@
 
 Each architecture is written to disk in its family's own format
 (train/export/random_models.py), exported with ``python -m train.export``
-(all checks on; agreement numbers of random weights mean nothing and are not
-reported) and planned on one core of this machine. Prints one Markdown table
+in plan mode (``--plan``: quick parity checks, every variant loaded on
+onnxruntime 1.16.3; no dev-set agreement, which means nothing for random
+weights) and planned on one core of this machine. Prints one Markdown table
 per architecture (the README's table) and writes them to ``--out``.
 
 Usage: ``python -m train.experiments.plan_full_size --work /tmp/plan --out bench/results/plan_full_size.md``
@@ -84,8 +85,8 @@ def main(argv: Optional[List[str]] = None) -> int:
         with open(table, "w", encoding="utf-8") as handle:
             old, sys.stdout = sys.stdout, handle
             try:
-                cli.main(source_args + ["--out", str(work / "model"), "--variants", VARIANTS,
-                                        "--images", str(args.images), "--log-level", args.log_level])
+                cli.main(source_args + ["--plan", "--variants", VARIANTS, "--images", str(args.images),
+                                        "--log-level", args.log_level])
             finally:
                 sys.stdout = old
         with open(args.out, "a", encoding="utf-8") as handle:

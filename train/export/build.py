@@ -37,6 +37,8 @@ DEV_SET = REPO.parent / "shared" / "devsets"
 VENDOR = REPO / "vendor"
 NORMALIZE = ["strip", "collapse_spaces"]
 PARITY_IMAGES = 64
+PLAN_ONLY_STRINGS = 16   # --plan without --out: a quick parity check, then sizes and speeds
+PLAN_ONLY_IMAGES = 4
 TOKENIZER_FILE = "tokenizer.json"
 
 
@@ -53,6 +55,7 @@ class Options:
     vendor: Path = VENDOR
     plan: bool = True
     default_variant: str = "auto"
+    plan_only: bool = False
 
 
 def dev_data(root: Path, limit: int) -> Tuple[List[Path], List[Tuple[List[str], List[int]]]]:
@@ -147,13 +150,8 @@ def _runtime_checks(out: Path, texts: Sequence[str], want_ids: np.ndarray, want_
 def _variants(out: Path, files: Dict[str, str], sections: Dict[str, Any], opts: Options,
               images: List[Path], groups: List[Tuple[List[str], List[int]]]) -> Tuple[Dict[str, Dict[str, str]], Dict[str, Any]]:
     """Write the candidate variants, measure their agreement with fp32, keep the justified ones."""
-    wanted = [v for v in opts.variants if v != "fp32"]
-    unknown = [v for v in wanted if v not in variants.MODEL_VARIANTS]
-    if unknown:
-        raise ValueError(f"unknown variants {unknown}; expected some of {sorted(variants.MODEL_VARIANTS)}")
-    precisions = {p for v in wanted for p in variants.MODEL_VARIANTS[v]}
-    variants.make_files(out, sorted(precisions))
-    candidates = {v: variants.variant_files(v) for v in ["fp32"] + wanted}
+    candidates = _candidates(out, opts)
+    wanted = [v for v in candidates if v != "fp32"]
     write_manifest(out, files, sections, candidates)
     records: Dict[str, Any] = {}
     if not images:
@@ -172,6 +170,27 @@ def _variants(out: Path, files: Dict[str, str], sections: Dict[str, Any], opts: 
     records["thresholds"] = {"min_top1_agreement": variants.MIN_TOP1_AGREEMENT,
                              "min_mean_cosine": variants.MIN_MEAN_COSINE}
     return kept, records
+
+
+def _candidates(out: Path, opts: Options) -> Dict[str, Dict[str, str]]:
+    """Write the files of every requested variant; returns variant -> {role: file} (fp32 first)."""
+    wanted = [v for v in opts.variants if v != "fp32"]
+    unknown = [v for v in wanted if v not in variants.MODEL_VARIANTS]
+    if unknown:
+        raise ValueError(f"unknown variants {unknown}; expected some of {sorted(variants.MODEL_VARIANTS)}")
+    variants.make_files(out, sorted({p for v in wanted for p in variants.MODEL_VARIANTS[v]}))
+    return {v: variants.variant_files(v) for v in ["fp32"] + wanted}
+
+
+def _plan_only(out: Path, files: Dict[str, str], sections: Dict[str, Any], validation: Dict[str, Any],
+               opts: Options, images: List[Path]) -> Dict[str, Any]:
+    """Every requested variant written, loaded on onnxruntime 1.16.3 and planned; no agreement measured."""
+    candidates = _candidates(out, opts)
+    onnx_files = sorted({out / f for v in candidates.values() for f in v.values()})
+    validation["judge_onnxruntime"] = check_judge_runtime(onnx_files, opts.vendor)
+    manifest = write_manifest(out, files, {**sections, "validation": validation}, candidates)
+    validation["plan"] = plan.plan(manifest, out, opts.vendor, images)
+    return write_manifest(out, files, {**sections, "validation": validation}, candidates)
 
 
 def _remove_unused(out: Path, kept: Dict[str, Dict[str, str]]) -> None:
@@ -208,6 +227,7 @@ def export(source: Source, out: Path, opts: Options) -> Dict[str, Any]:
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     texts = [normalize_name(t, NORMALIZE) for t in corpus.check_strings(opts.templates)]
+    texts = texts[::len(texts) // PLAN_ONLY_STRINGS][:PLAN_ONLY_STRINGS] if opts.plan_only else texts
     source.save_tokenizer(out / TOKENIZER_FILE)
     ids, mask = source.tokenize(texts)
     reference = source.reference_text(texts)
@@ -226,10 +246,13 @@ def export(source: Source, out: Path, opts: Options) -> Dict[str, Any]:
     sections = _sections(source, tok_cfg, opts)
     images, groups = dev_data(opts.dev_set, opts.images)
     validation["image_encoder"] = export_image_encoder(source.image_module, out / files["image_encoder"],
-                                                       _pixels(images, sections["image"], PARITY_IMAGES))
+                                                       _pixels(images, sections["image"], PLAN_ONLY_IMAGES
+                                                               if opts.plan_only else PARITY_IMAGES))
     validation["image_encoder"]["source"] = "dev set" if images else "synthetic"
     write_manifest(out, files, {**sections, "validation": validation})
     validation["runtime"] = _runtime_checks(out, texts, model_ids, mask, reference, rows)
+    if opts.plan_only:
+        return _plan_only(out, files, sections, validation, opts, images)
     kept, validation["variants"] = _variants(out, files, sections, opts, images, groups)
     onnx_files = sorted(set(out.glob("image_encoder*.onnx")) | set(out.glob("text_encoder*.onnx")))
     validation["judge_onnxruntime"] = check_judge_runtime(onnx_files, opts.vendor)
