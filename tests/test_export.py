@@ -182,8 +182,8 @@ def test_mclip_with_hf_image_tower(ckpts: Path, datasets: Path, tmp_path: Path) 
     image = rm.save_hf_clip(ckpts / "mclip-image")
     folder = rm.save_mclip(ckpts / "mclip", base, image_dim=16)
     model = tmp_path / "model"
-    manifest = run_export(["--from", "mclip", str(folder), "--image-from", str(image), "--plain", "--variants", "",
-                           "--no-plan"], model)
+    manifest = run_export(["--from", "mclip", str(folder), "--image-from", str(image), "--mclip-base", str(base),
+                           "--plain", "--variants", "", "--no-plan"], model)
     check_validation(manifest)
     assert manifest["text"]["attention_mask"] == "attention_mask" and not manifest["text"]["tokenizer"]["pad_to_context"]
     check_predictions(model, sources.load_source("mclip", folder, image_from=image), datasets, tmp_path)

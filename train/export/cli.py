@@ -52,6 +52,8 @@ def build_parser():
     parser.add_argument("--checkpoint", type=Path, help="open_clip checkpoint file (state dict)")
     parser.add_argument("--image-from", type=Path,
                         help="mclip's image tower: an HF CLIP folder, or an open_clip checkpoint (with --arch)")
+    parser.add_argument("--mclip-base", type=Path,
+                        help="mclip: local folder of the base text model (replaces the config's modelBase)")
     parser.add_argument("--out", type=Path, help="model folder to write (manifest.json and the ONNX files)")
     parser.add_argument("--templates", default=None,
                         help="prompt templates: one template ('{}') or a JSON list (default: the Russian "
@@ -88,7 +90,8 @@ def main(argv: Optional[List[str]] = None) -> int:
                          default_variant=args.default, plan_only=args.plan and args.out is None)
     if args.templates is not None:
         opts.templates = parse_templates(args.templates)
-    source = sources.load_source(args.family, args.path, args.arch, args.checkpoint, args.image_from)
+    source = sources.load_source(args.family, args.path, args.arch, args.checkpoint, args.image_from,
+                                 args.mclip_base)
     with tempfile.TemporaryDirectory(prefix="export-plan-") as tmp:
         manifest = build.export(source, args.out or Path(tmp), opts)
         rows = manifest.get("validation", {}).get("plan")

@@ -1,8 +1,8 @@
 """Size and time planner: does each variant fit the judge's 700 MB archive and 23 minutes on one vCPU?
 
 For every variant of an exported model folder: the archive size (model files
-+ the judge's vendored wheels + the runtime code, uncompressed: ONNX weights
-barely deflate), the image encoder's images/s and the text encoder's ms per
++ the vendored wheels + the runtime code, uncompressed: ONNX weights barely
+deflate), the image encoder's images/s and the text encoder's ms per
 prompt on one core of this machine (onnxruntime with one thread, the process
 pinned to one CPU; times are the CPU time of that one thread, so a busy
 machine does not inflate them), decode+preprocess time per image measured on
@@ -61,11 +61,10 @@ def _best_time(fn: Any, repeats: int) -> Tuple[float, float]:
 
 
 def runtime_mb(vendor: Optional[Path]) -> float:
-    """MB of what every archive carries besides the model: the judge's (CPython 3.8) wheels and the runtime code."""
+    """MB of what every archive carries besides the model: the vendored wheels (both Pythons) and the runtime code."""
     total = 0
     if vendor is not None and Path(vendor).is_dir():
-        total += sum(p.stat().st_size for p in Path(vendor).glob("*cp38*.whl"))
-        total += sum(p.stat().st_size for p in Path(vendor).glob("*-none-any.whl"))
+        total += sum(p.stat().st_size for p in Path(vendor).glob("*.whl"))
     for name in RUNTIME_CODE:
         path = REPO / name
         files = [path] if path.is_file() else [p for p in path.rglob("*.py")]

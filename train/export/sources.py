@@ -323,22 +323,23 @@ def _image_tower(image_from: Path, arch: Optional[str]) -> Tuple[nn.Module, Dict
     return oc.image_module, oc.image_cfg, oc.logit_scale, oc.name
 
 
-def load_mclip(folder: Path, image_from: Path, arch: Optional[str] = None) -> Source:
+def load_mclip(folder: Path, image_from: Path, arch: Optional[str] = None, base: Optional[Path] = None) -> Source:
     """``MultilingualCLIP.from_pretrained(folder)`` (text) + the image tower of ``image_from``.
 
-    The folder's config names the base text model (``modelBase``); offline it
-    must be a local folder (``--mclip-base`` overrides it), since
-    MultilingualCLIP builds the base model with ``AutoModel.from_pretrained``.
+    The folder's config names the base text model (``modelBase``, e.g.
+    'xlm-roberta-large'); MultilingualCLIP builds it with
+    ``AutoModel.from_pretrained(modelBase)``, so offline it must be a local
+    folder: ``base`` (``--mclip-base DIR``) replaces the config's value.
     """
     from multilingual_clip.pt_multilingual_clip import MultilingualCLIP
 
     folder = _require_file(Path(folder), "Multilingual-CLIP folder")
     cfg = json.loads(_require_file(folder / "config.json", "Multilingual-CLIP config.json").read_text("utf-8"))
-    base = cfg.get("modelBase")
+    base = str(base) if base is not None else cfg.get("modelBase")
     if not base or not Path(base).is_dir():
         raise FileNotFoundError(f"{folder}/config.json: modelBase {base!r} is not a local folder; offline the base "
                                 "text model (config + weights) must be on disk (pass --mclip-base DIR)")
-    model = MultilingualCLIP.from_pretrained(str(folder)).eval()
+    model = MultilingualCLIP.from_pretrained(str(folder), modelBase=base).eval()
     tok = _hf_fast_tokenizer(folder)
     context = int(model.transformer.config.max_position_embeddings) - 2 \
         if model.transformer.config.model_type in ("xlm-roberta", "roberta") else \
@@ -370,7 +371,7 @@ def load_mclip(folder: Path, image_from: Path, arch: Optional[str] = None) -> So
 
 
 def load_source(family: str, path: Optional[Path], arch: Optional[str] = None, checkpoint: Optional[Path] = None,
-                image_from: Optional[Path] = None) -> Source:
+                image_from: Optional[Path] = None, mclip_base: Optional[Path] = None) -> Source:
     """Dispatch on ``family`` (one of FAMILIES); raises ValueError for a missing argument."""
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
@@ -389,5 +390,5 @@ def load_source(family: str, path: Optional[Path], arch: Optional[str] = None, c
     if family == "mclip":
         if image_from is None:
             raise ValueError("--from mclip needs --image-from (an HF CLIP folder or an open_clip checkpoint)")
-        return load_mclip(path, image_from, arch)
+        return load_mclip(path, image_from, arch, mclip_base)
     raise ValueError(f"unknown source family {family!r}; expected one of {FAMILIES}")
