@@ -27,10 +27,11 @@ from PIL import Image
 
 from zeroshot.command import make_parser, parse_args
 from zeroshot.images import preprocess
+from zeroshot.limits import CALIBRATION_DIR
 
 logger = logging.getLogger(__name__)
 
-DEV_IMAGES = Path(__file__).resolve().parents[3] / "shared" / "devsets" / "caltech101" / "img"
+DEV_IMAGES = CALIBRATION_DIR  # the dev set's images
 
 
 def clip_reference(img: Image.Image, size: int) -> np.ndarray:

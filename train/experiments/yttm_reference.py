@@ -37,13 +37,14 @@ from typing import List, Optional, Sequence
 
 from train.templates import load_templates
 from zeroshot.command import make_parser, parse_args
+from zeroshot.limits import DEVSETS_DIR
 
 logger = logging.getLogger(__name__)
 
 REPO = Path(__file__).resolve().parents[2]
 VOCAB_DIR = REPO / "train" / "vocab"
-DEV_CLASSES = REPO.parent / "shared" / "devsets" / "caltech101" / "classes.json"
-SPECIALS = {"pad_id": 0, "unk_id": 1, "bos_id": 2, "eos_id": 3}
+DEV_CLASSES = DEVSETS_DIR / "caltech101" / "classes.json"
+SPECIALS = dict(pad_id=0, unk_id=1, bos_id=2, eos_id=3)  # ruCLIP's (RuCLIPProcessor), youtokentome.BPE.train's names
 EDGE_CASES = [
     "", "   ", "Кот", "  кот  ", "КОТ И ПЁС", "кот\tи\nпёс", "кот,пёс!", "кот - пёс", "«кот»", "C-3PO",
     "12 обезьян", "кот 🐱", "猫 и собака", "naïve café", "кот\u00a0пёс", "\u2581кот", "под\u2581водой",

@@ -20,12 +20,14 @@ import numpy as np
 
 from zeroshot.datasets import discover
 from zeroshot.encoders import Model
+from zeroshot.limits import DEVSETS_DIR
 from zeroshot.text import normalize_name
 
+from ..contract import CLIP_NORMALIZE, IMAGE_ENCODER_FILE, TEXT_ENCODER_FILE, text_config
 from ..manifest_io import write_manifest
 from . import corpus, plan, trim, variants
 from .onnx_image import INPUT_NAME, OUTPUT_NAME as IMAGE_OUTPUT, export_image_encoder
-from .onnx_text import IDS_NAME, MASK_NAME, OUTPUT_NAME as TEXT_OUTPUT, export_text_encoder
+from .onnx_text import OUTPUT_NAME as TEXT_OUTPUT, export_text_encoder
 from .ort116 import check_judge_runtime
 from .parity import MIN_COSINE, row_cosines
 from .sources import Source
@@ -33,9 +35,9 @@ from .sources import Source
 logger = logging.getLogger(__name__)
 
 REPO = Path(__file__).resolve().parents[2]
-DEV_SET = REPO.parent / "shared" / "devsets"
+DEV_SET = DEVSETS_DIR
 VENDOR = REPO / "vendor"
-NORMALIZE = ["strip", "collapse_spaces"]
+NORMALIZE = CLIP_NORMALIZE
 PARITY_IMAGES = 64
 PLAN_ONLY_STRINGS = 16   # --plan without --out: a quick parity check, then sizes and speeds
 PLAN_ONLY_IMAGES = 4
@@ -120,9 +122,8 @@ def _sections(source: Source, tok_cfg: Dict[str, Any], opts: Options) -> Dict[st
     return {"name": source.name, "description": f"{source.family} checkpoint exported by train.export",
             "batch_size": 16, "source": {"family": source.family, **source.info},
             "image": {"input": INPUT_NAME, "output": IMAGE_OUTPUT, **source.image_cfg},
-            "text": {"input_ids": IDS_NAME, "attention_mask": MASK_NAME if source.text_uses_mask else None,
-                     "output": TEXT_OUTPUT, "tokenizer": tok_cfg, "normalize": NORMALIZE,
-                     "templates": list(opts.templates)},
+            "text": text_config(TEXT_OUTPUT, opts.templates, NORMALIZE, tokenizer_cfg=tok_cfg,
+                                attention_mask=source.text_uses_mask),
             "score": score, **({} if opts.plain else {"balance": BALANCE, "transductive": TRANSDUCTIVE})}
 
 
@@ -232,7 +233,7 @@ def export(source: Source, out: Path, opts: Options) -> Dict[str, Any]:
     ids, mask = source.tokenize(texts)
     reference = source.reference_text(texts)
     tok_cfg = dict(source.tokenizer_cfg)
-    files = {"image_encoder": "image_encoder.onnx", "text_encoder": "text_encoder.onnx", "tokenizer": TOKENIZER_FILE}
+    files = {"image_encoder": IMAGE_ENCODER_FILE, "text_encoder": TEXT_ENCODER_FILE, "tokenizer": TOKENIZER_FILE}
     validation: Dict[str, Any] = {}
     model_ids, rows = ids, np.arange(len(texts))
     if opts.trim_vocabulary:

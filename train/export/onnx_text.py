@@ -18,12 +18,13 @@ import numpy as np
 import torch
 from torch import nn
 
+from ..contract import ATTENTION_MASK, INPUT_IDS
 from .parity import MIN_COSINE, cosine_record, run_session, run_torch, torch_export
 
 logger = logging.getLogger(__name__)
 
-IDS_NAME = "input_ids"
-MASK_NAME = "attention_mask"
+IDS_NAME = INPUT_IDS
+MASK_NAME = ATTENTION_MASK
 OUTPUT_NAME = "text_embeds"
 
 

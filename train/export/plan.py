@@ -22,14 +22,17 @@ from typing import Any, Dict, List, Optional, Sequence, Tuple
 import numpy as np
 
 from zeroshot.encoders import make_session
+from zeroshot.limits import ARCHIVE_CAP_MB, JUDGE_IMAGES, JUDGE_TIME_LIMIT_S
 from zeroshot.manifest import resolve_file
+
+from ..contract import ATTENTION_MASK, INPUT_IDS
 
 logger = logging.getLogger(__name__)
 
 REPO = Path(__file__).resolve().parents[2]
-CAP_MB = 700.0
-LIMIT_S = 23 * 60
-PLAN_IMAGES = 2200
+CAP_MB = ARCHIVE_CAP_MB
+LIMIT_S = JUDGE_TIME_LIMIT_S
+PLAN_IMAGES = JUDGE_IMAGES
 PLAN_CLASSES = 100   # class names over all hidden datasets (the dev set has 19 in one dataset)
 RUNTIME_CODE = ("predict.py", "predict.sh", "setup.sh", "zeroshot")
 
@@ -108,9 +111,9 @@ def measure_variant(manifest: Dict[str, Any], model_dir: Path, variant: Optional
     length = int(text_cfg["tokenizer"].get("context_length") or 32)
     rows = 32
     ids = np.full((rows, length), 5, dtype=np.int64)
-    feeds = {text_cfg["input_ids"]: ids}
-    if text_cfg.get("attention_mask"):
-        feeds[text_cfg["attention_mask"]] = np.ones_like(ids)
+    feeds = {text_cfg[INPUT_IDS]: ids}
+    if text_cfg.get(ATTENTION_MASK):  # the manifest's keys are named like the default input names
+        feeds[text_cfg[ATTENTION_MASK]] = np.ones_like(ids)
     text_s, text_wall = _best_time(lambda: text_session.run([text_cfg["output"]], feeds), repeats)
     image_ms = 1000.0 * image_s / batch
     prompt_ms = 1000.0 * text_s / rows

@@ -36,6 +36,7 @@ import torch
 
 from zeroshot.text import Tokenizer
 
+from ..contract import hf_tokenizer_config
 from ..yttm_tokenizer import convert, read_yttm, to_hf_tokenizer
 from .sources import OPENAI_MEAN, OPENAI_STD, Batch, Source, _Call, _require_file
 
@@ -67,9 +68,8 @@ def ruclip_model_class() -> Any:
 def tokenizer_cfg(bpe: Path, context: int) -> Dict[str, Any]:
     """The manifest's text.tokenizer section for ruCLIP (special ids from the BPE file)."""
     _, pad, bos, eos = read_yttm(bpe).specials
-    return {"type": "hf_tokenizers", "bos_id": bos, "eos_id": eos, "pad_id": max(pad, 0),
-            "context_length": int(context), "pad_to_context": True, "lowercase": True,
-            "add_special_tokens": False, "id_map": None}
+    return hf_tokenizer_config(max(pad, 0), context, True, bos_id=bos, eos_id=eos, lowercase=True,
+                               add_special_tokens=False)
 
 
 def yttm_encoder(bpe: Path, python: Optional[str]) -> Optional[Any]:

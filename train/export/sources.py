@@ -35,6 +35,8 @@ import numpy as np
 import torch
 from torch import nn
 
+from ..contract import ATTENTION_MASK, INPUT_IDS, hf_tokenizer_config
+
 logger = logging.getLogger(__name__)
 
 FAMILIES = ("open_clip", "hf", "mclip", "ruclip")
@@ -143,9 +145,7 @@ def _hf_fast_tokenizer(folder: Path) -> Any:
 
 
 def _hf_tokenizer_cfg(tok: Any, context: int, pad_to_context: bool) -> Dict[str, Any]:
-    return {"type": "hf_tokenizers", "bos_id": None, "eos_id": None, "pad_id": int(tok.pad_token_id or 0),
-            "context_length": int(context), "pad_to_context": bool(pad_to_context), "lowercase": False,
-            "add_special_tokens": True, "id_map": None}
+    return hf_tokenizer_config(int(tok.pad_token_id or 0), context, pad_to_context)
 
 
 # ---------------------------------------------------------------- open_clip
@@ -216,8 +216,7 @@ def load_open_clip(arch: str, checkpoint: Path) -> Source:
             return model.text.transformer.get_input_embeddings()
     else:
         pad_id = 0
-        cfg = {"type": "hf_tokenizers", "bos_id": None, "eos_id": None, "pad_id": 0, "context_length": context,
-               "pad_to_context": True, "lowercase": False, "add_special_tokens": True, "id_map": None}
+        cfg = hf_tokenizer_config(0, context, True)
         save = lambda path: clip_bpe_tokenizer_json(tokenizer).save(str(path))  # noqa: E731
         unk_id, specials = None, [int(tokenizer.sot_token_id), int(tokenizer.eot_token_id)]
 
@@ -280,16 +279,16 @@ def load_hf(folder: Path) -> Source:
 
     def tokenize(texts: Sequence[str]) -> Batch:
         enc = tok(list(texts), padding=padding, truncation=True, max_length=context, return_tensors="np")
-        return _np(enc["input_ids"]), _np(enc["attention_mask"])
+        return _np(enc[INPUT_IDS]), _np(enc[ATTENTION_MASK])
 
     def text_fn(m: Any, ids: torch.Tensor, mask: Optional[torch.Tensor] = None) -> torch.Tensor:
         return m.get_text_features(input_ids=ids, attention_mask=mask)
 
     def reference(texts: Sequence[str]) -> np.ndarray:
         enc = tok(list(texts), padding=padding, truncation=True, max_length=context, return_tensors="pt")
-        feeds = {"input_ids": enc["input_ids"]}
+        feeds = {INPUT_IDS: enc[INPUT_IDS]}
         if not siglip:
-            feeds["attention_mask"] = enc["attention_mask"]
+            feeds[ATTENTION_MASK] = enc[ATTENTION_MASK]
         with torch.no_grad():
             return model.get_text_features(**feeds).float().numpy()
 
@@ -348,7 +347,7 @@ def load_mclip(folder: Path, image_from: Path, arch: Optional[str] = None, base:
 
     def tokenize(texts: Sequence[str]) -> Batch:
         enc = tok(list(texts), padding=True, truncation=True, max_length=context, return_tensors="np")
-        return _np(enc["input_ids"]), _np(enc["attention_mask"])
+        return _np(enc[INPUT_IDS]), _np(enc[ATTENTION_MASK])
 
     def text_fn(m: Any, ids: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
         embs = m.transformer(input_ids=ids, attention_mask=mask)[0]
