@@ -1,4 +1,4 @@
-"""Export a CLIP-family checkpoint (open_clip, transformers CLIP/SigLIP, Multilingual-CLIP) to a validated model folder.
+"""Export a CLIP-family checkpoint (open_clip, transformers CLIP/SigLIP, Multilingual-CLIP, ruCLIP) to a validated model folder.
 
 Examples::
 
@@ -6,6 +6,7 @@ Examples::
     python -m train.export --from open_clip --arch my_clip.json --checkpoint ckpt.pt --out DIR --templates '{}' --plain
     python -m train.export --from hf ./siglip-folder --out model --trim-vocabulary
     python -m train.export --from mclip ./M-CLIP-folder --image-from ./clip-vit-b-32-folder --out model
+    python -m train.export --from ruclip ./ruclip-vit-base-patch32-384 --out model
 
 Nothing downloads: every file is local and a missing one is an error naming
 it. The export fails unless the ONNX towers match torch (cosine >= 0.9999 on
@@ -47,7 +48,7 @@ def build_parser():
     parser = make_parser("python -m train.export", __doc__.split("\n")[0])
     parser.add_argument("--from", dest="family", choices=sources.FAMILIES, required=True,
                         help="checkpoint family")
-    parser.add_argument("path", nargs="?", type=Path, help="the model folder (--from hf / mclip)")
+    parser.add_argument("path", nargs="?", type=Path, help="the model folder (--from hf / mclip / ruclip)")
     parser.add_argument("--arch", help="open_clip architecture: a built-in name or a model config .json")
     parser.add_argument("--checkpoint", type=Path, help="open_clip checkpoint file (state dict)")
     parser.add_argument("--image-from", type=Path,
