@@ -173,7 +173,7 @@ def test_hf_folder(kind: str, ckpts: Path, datasets: Path, tmp_path: Path) -> No
         assert "bias" in manifest["score"] and manifest["image"]["resize"] == "squash"
         assert manifest["text"]["attention_mask"] is None and manifest["text"]["tokenizer"]["pad_to_context"]
     else:
-        assert manifest["text"]["attention_mask"] == "attention_mask" and manifest["image"]["resize"] == "center_crop"
+        assert manifest["text"]["attention_mask"] == "attention_mask" and manifest["image"]["resize"] == "resize_center_crop"
     check_predictions(model, sources.load_source("hf", folder), datasets, tmp_path)
 
 

@@ -1,7 +1,7 @@
 """Golden test: zeroshot.images.preprocess against independent two-step references (PIL only,
 train/experiments/preprocess_reference.py, which measures the same on the dev set).
 
-- ``center_crop`` + bicubic must be CLIP's (torchvision ``Resize(S, BICUBIC)`` then
+- ``resize_center_crop`` + bicubic must be CLIP's (torchvision ``Resize(S, BICUBIC)`` then
   ``CenterCrop(S)``): resize the shorter side to S, the longer to int(S * long / short),
   crop at int(round((new - S) / 2)).
 - ``crop_square`` + bilinear must be ruCLIP's (``RandomResizedCrop(S, scale=(1, 1),
@@ -45,7 +45,7 @@ def edge_rich(width: int, height: int, seed: int) -> Image.Image:
 
 @pytest.mark.parametrize("size", [224, 64])
 @pytest.mark.parametrize("resize, interpolation, reference", [
-    ("center_crop", "bicubic", clip_reference), ("crop_square", "bilinear", ruclip_reference)])
+    ("resize_center_crop", "bicubic", clip_reference), ("crop_square", "bilinear", ruclip_reference)])
 def test_preprocess_matches_the_two_step_reference(size, resize, interpolation, reference) -> None:
     for i, (w, h) in enumerate(SIZES):
         img = edge_rich(w, h, seed=i)

@@ -13,7 +13,7 @@ from __future__ import annotations
 import logging
 import warnings
 from pathlib import Path
-from typing import Any, Dict, Tuple
+from typing import Any, Dict, Optional, Tuple
 
 import numpy as np
 from PIL import Image, ImageOps
@@ -86,17 +86,18 @@ def load_image(path: Path, target: int) -> Image.Image:
         raise ImageError(f"{path}: cannot decode image: {type(exc).__name__}: {exc}") from exc
 
 
-def crop_box(width: int, height: int, resize: str, size: int) -> Tuple[float, float, float, float]:
+def crop_box(width: int, height: int, resize: str, size: Optional[int] = None) -> Tuple[float, float, float, float]:
     """Source box (in input pixels) that one resize to ``size`` x ``size`` maps onto the output.
 
-    ``center_crop`` (CLIP, open_clip: torchvision ``Resize(size)`` + ``CenterCrop(size)``):
-    the shorter side is resized to ``size`` and the longer to ``int(size * long / short)``,
-    then the central square is cut at offsets ``int(round((new - size) / 2))``;
-    the box is that square mapped back to input pixels, so one resize gives
-    the same pixel centres and filter scale as the two steps.
+    ``center_crop``: the central square of the shorter side, centred exactly
+    (half-pixel offsets allowed). ``resize_center_crop`` (CLIP, open_clip:
+    torchvision ``Resize(size)`` + ``CenterCrop(size)``): the shorter side resized
+    to ``size``, the longer to ``int(size * long / short)``, the square cut at
+    ``int(round((new - size) / 2))``, mapped back to input pixels, so one resize
+    gives the two steps' pixel centres and filter scale (needs ``size``).
     ``crop_square`` (ruCLIP: ``RandomResizedCrop(size, scale=(1, 1), ratio=(1, 1))``):
-    the central square of the shorter side at integer offsets ``(long - short) // 2``,
-    then resized. ``squash``: the whole image, aspect not kept.
+    the central square at integer offsets ``(long - short) // 2``.
+    ``squash``: the whole image, aspect not kept.
     """
     if resize == "squash":
         return (0.0, 0.0, float(width), float(height))
@@ -104,13 +105,17 @@ def crop_box(width: int, height: int, resize: str, size: int) -> Tuple[float, fl
         side = min(width, height)
         left, top = (width - side) // 2, (height - side) // 2
         return (float(left), float(top), float(left + side), float(top + side))
-    if width <= height:
-        new_w, new_h = size, int(size * height / width)
-    else:
-        new_w, new_h = int(size * width / height), size
-    left, top = int(round((new_w - size) / 2.0)), int(round((new_h - size) / 2.0))
-    sx, sy = width / new_w, height / new_h
-    return (left * sx, top * sy, (left + size) * sx, (top + size) * sy)
+    if resize == "resize_center_crop":
+        if size is None:
+            raise ValueError("resize_center_crop needs the output size")
+        new_w, new_h = (size, int(size * height / width)) if width <= height else (int(size * width / height), size)
+        left, top = int(round((new_w - size) / 2.0)), int(round((new_h - size) / 2.0))
+        sx, sy = width / new_w, height / new_h
+        return (left * sx, top * sy, (left + size) * sx, (top + size) * sy)
+    side = float(min(width, height))
+    left = (width - side) / 2.0
+    top = (height - side) / 2.0
+    return (left, top, left + side, top + side)
 
 
 def preprocess(img: Image.Image, cfg: Dict[str, Any], size: int) -> np.ndarray:

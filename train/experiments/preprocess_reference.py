@@ -7,7 +7,7 @@ The references (written with PIL alone, independent of the runtime):
 - ruCLIP: ``RandomResizedCrop(S, scale=(1, 1), ratio=(1, 1))``: the central square at
   (long - short) // 2, then a bilinear resize.
 
-They are compared with ``preprocess`` configured as ``center_crop`` + bicubic and
+They are compared with ``preprocess`` configured as ``resize_center_crop`` + bicubic and
 ``crop_square`` + bilinear, in 0..255 units, on already-decoded images (the
 runtime's JPEG draft decoding is a separate step). Prints a Markdown table.
 ``tests/test_preprocess_golden.py`` pins the same comparison on generated images.
@@ -58,7 +58,7 @@ def runtime_pixels(img: Image.Image, size: int, resize: str, interpolation: str)
     return preprocess(img, cfg, size).transpose(1, 2, 0)
 
 
-REFERENCES = {"clip": ("center_crop", "bicubic", clip_reference),
+REFERENCES = {"clip": ("resize_center_crop", "bicubic", clip_reference),
               "ruclip": ("crop_square", "bilinear", ruclip_reference)}
 
 

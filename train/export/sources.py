@@ -177,7 +177,7 @@ def _open_clip_image_cfg(model: Any, name: str) -> Dict[str, Any]:
     size = pp.get("size", model.visual.image_size)
     size = size if isinstance(size, int) else size[0]
     resize_mode = pp.get("resize_mode", "shortest")
-    modes = {"shortest": "center_crop", "squash": "squash"}
+    modes = {"shortest": "resize_center_crop", "squash": "squash"}
     if resize_mode not in modes:
         raise ValueError(f"open_clip model {name}: resize_mode {resize_mode!r} is not supported by the runtime "
                          f"(supported: {sorted(modes)})")
@@ -246,10 +246,10 @@ def _hf_image_cfg(folder: Path, default_size: int) -> Dict[str, Any]:
         if short != side:
             raise ValueError(f"{path}: resize to {short} then crop {side} is not supported by the runtime "
                              "(it crops the central square, then resizes)")
-        resize = "center_crop"
+        resize = "resize_center_crop"
     else:
         side = size.get("height", size.get("shortest_edge")) if isinstance(size, dict) else int(size)
-        resize = "squash" if isinstance(size, dict) and "height" in size else "center_crop"
+        resize = "squash" if isinstance(size, dict) and "height" in size else "resize_center_crop"
     if not pp.get("do_rescale", True) or not math.isclose(float(pp.get("rescale_factor", 1 / 255)), 1 / 255):
         raise ValueError(f"{path}: only rescale by 1/255 is supported")
     return {"size": int(side), "resize": resize, "interpolation": _PIL_RESAMPLE.get(int(pp.get("resample", 3)), "bicubic"),
