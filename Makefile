@@ -21,7 +21,7 @@ IMAGE_MODEL ?= model
 TRAIN_OUT ?= dist/text_tower
 TRAIN_ARGS ?=
 
-.PHONY: help venv model run data-check test vendor bundle judge bench clean train
+.PHONY: help venv model run data-check test vendor bundle judge bench export clean train
 
 help:  ## list the targets
 	@grep -E '^[a-z]+:.*## ' $(MAKEFILE_LIST) | sed 's/:.*## /\t/'
@@ -70,6 +70,11 @@ train: venv  ## train a text tower on METADATA + IMAGES against IMAGE_MODEL's im
 	  echo "make train: set METADATA=metadata.json and IMAGES=folder (the contest's format; TRAIN_ARGS for more options)" >&2; exit 2; fi
 	$(PY) -m train.text_tower --metadata $(METADATA) --images $(IMAGES) --image-model $(IMAGE_MODEL) \
 	  --out $(TRAIN_OUT) $(if $(wildcard $(GT)),--eval $(DATA)) $(TRAIN_ARGS)
+
+EXPORT_OUT ?= dist/exported-model
+export: venv vendor  ## a CLIP-family checkpoint -> EXPORT_OUT, validated: make export ARGS="--from hf DIR" (see README)
+	@if [ -z "$(ARGS)" ]; then echo 'make export: set ARGS, e.g. ARGS="--from open_clip --arch ViT-B-32 --checkpoint FILE"' >&2; exit 2; fi
+	$(PY) -m train.export $(ARGS) --out $(EXPORT_OUT)
 
 vendor: .venv/.stamp  ## wheels for the judge (CPython 3.8) and this machine (3.11) in vendor/ (PyPI the first time, then offline)
 	$(PY) -m contest.vendor --out vendor

@@ -70,10 +70,10 @@ print(json.dumps({"python": "%d.%d.%d" % sys.version_info[:3], "executable": sys
 PROBE_VERSIONS = """
 import json, sys
 sys.path.insert(0, sys.argv[1])
-import numpy, onnxruntime, PIL, sentencepiece
+import numpy, onnxruntime, PIL, sentencepiece, tokenizers
 print(json.dumps({"numpy": numpy.__version__, "onnxruntime": onnxruntime.__version__,
                   "onnxruntime_path": onnxruntime.__file__, "Pillow": PIL.__version__,
-                  "sentencepiece": sentencepiece.__version__}))
+                  "sentencepiece": sentencepiece.__version__, "tokenizers": tokenizers.__version__}))
 """
 
 

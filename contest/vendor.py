@@ -11,8 +11,9 @@ of each wheel (pip then refuses any other file), removes wheels no target
 names, and checks offline that pip can install each file from the folder alone.
 A second run with everything present makes no network call.
 
-Why only these: the runtime imports numpy, onnxruntime, Pillow and
-sentencepiece. onnxruntime 1.16.3 declares coloredlogs, flatbuffers,
+Why only these: the runtime imports numpy, onnxruntime, Pillow,
+sentencepiece and tokenizers (Hugging Face ``tokenizer.json`` files, for
+exported CLIP-family models). onnxruntime 1.16.3 declares coloredlogs, flatbuffers,
 packaging, protobuf and sympy too, but importing it and running a session
 needs only numpy (the others serve its tools), so they are not vendored and
 setup.sh installs with ``--no-deps``. It requires numpy >= 1.21.6, newer than
@@ -24,6 +25,12 @@ IJG libjpeg 9, whose pixels differ from libjpeg-turbo's (mean |diff| 0.3 of
 10.4.0 (the last for 3.8) bundles libjpeg-turbo and decodes the dev set
 exactly as the build machine's Pillow does; the same version on both targets
 makes the archive predict the same on 3.8 and 3.11.
+
+tokenizers 0.20.3 is the newest release with a CPython 3.8 wheel: 0.21 and
+later ship only ``cp39-abi3`` wheels, and 0.20.3 has no abi3 wheel, so each
+target gets its own (cp38 and cp311, about 3 MB each). Its declared
+dependency huggingface_hub serves only ``from_pretrained`` downloads, which the
+runtime never calls (it reads a local ``tokenizer.json``), so it is not vendored.
 """
 
 from __future__ import annotations
@@ -46,8 +53,8 @@ logger = logging.getLogger(__name__)
 
 PLATFORM = "manylinux2014_x86_64"
 TARGETS: Dict[str, Tuple[str, ...]] = {
-    "3.8": ("onnxruntime==1.16.3", "numpy==1.24.4", "pillow==10.4.0", "sentencepiece==0.2.0"),
-    "3.11": ("onnxruntime==1.16.3", "numpy==1.26.4", "pillow==10.4.0", "sentencepiece==0.2.0"),
+    "3.8": ("onnxruntime==1.16.3", "numpy==1.24.4", "pillow==10.4.0", "sentencepiece==0.2.0", "tokenizers==0.20.3"),
+    "3.11": ("onnxruntime==1.16.3", "numpy==1.26.4", "pillow==10.4.0", "sentencepiece==0.2.0", "tokenizers==0.20.3"),
 }
 REQUIREMENTS_NAME = "requirements-py{}.txt"
 _WHEEL_RE = re.compile(r"^(?P<name>[^-]+)-(?P<version>[^-]+)(-\d[^-]*)?"

@@ -1,4 +1,4 @@
-"""The runtime's dependencies: numpy, onnxruntime, Pillow, sentencepiece, on Python 3.8 to 3.12."""
+"""The runtime's dependencies: numpy, onnxruntime, Pillow, sentencepiece, tokenizers, on Python 3.8 to 3.12."""
 
 from __future__ import annotations
 
@@ -15,7 +15,7 @@ from conftest import REPO
 from datagen import make_dataset
 
 RUNTIME_FILES = sorted([REPO / "predict.py", *(REPO / "zeroshot").glob("*.py")])
-ALLOWED_THIRD_PARTY = {"numpy", "onnxruntime", "PIL", "sentencepiece"}
+ALLOWED_THIRD_PARTY = {"numpy", "onnxruntime", "PIL", "sentencepiece", "tokenizers"}
 # never imported by the runtime: heavy frameworks, and the model-making and contest packages of this repo
 FORBIDDEN = ("torch", "torchvision", "cv2", "tensorflow", "train", "contest")
 
@@ -106,8 +106,18 @@ def test_runtime_guard_fails_when_the_runtime_imports_a_forbidden_package(
     assert not (tmp_path / "o.json").exists()
 
 
-def test_predict_runs_with_torch_unimportable(tiny_model: Path, tmp_path: Path) -> None:
-    proc = run_guarded(REPO / "predict.py", tmp_path, tiny_model)
+@pytest.fixture(params=["sentencepiece", "hf_tokenizers"])
+def any_model(request: pytest.FixtureRequest, tiny_model: Path, tmp_path: Path) -> Path:
+    """The tiny model with each tokenizer type the runtime reads."""
+    if request.param == "sentencepiece":
+        return tiny_model
+    from test_hf_tokenizer import _hf_model, build_hf_tokenizer
+
+    return _hf_model(tiny_model, build_hf_tokenizer(tmp_path / "tokenizer.json"), tmp_path / "hf_model")
+
+
+def test_predict_runs_with_torch_unimportable(any_model: Path, tmp_path: Path) -> None:
+    proc = run_guarded(REPO / "predict.py", tmp_path, any_model)
     out = tmp_path / "o.json"
     assert proc.returncode == 0 or "SystemExit: 0" in proc.stderr, proc.stderr
     assert out.is_file()

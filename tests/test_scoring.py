@@ -86,3 +86,11 @@ def test_manifest_rejects_a_mistyped_transductive_section(tmp_path, key, value) 
     section = {"method": "prototypes", "iterations": 2, "weight": 1.0, "scale": 10.0, "center": True}
     with pytest.raises(ValueError, match=f"transductive.{key}"):
         build_tiny_model(tmp_path, overrides={"transductive": {**section, key: value}})
+
+
+def test_logit_bias_is_added_after_the_scale() -> None:
+    """SigLIP: logit = scale * cos + bias."""
+    img = np.array([[3.0, 4.0]], dtype=np.float32)
+    cls = np.array([[1.0, 0.0], [0.0, 2.0]], dtype=np.float32)
+    out = class_logits(img, cls, {"similarity": "cosine", "logit": "linear", "scale": 10.0, "bias": -12.5})
+    assert out == pytest.approx(np.array([[6.0 - 12.5, 8.0 - 12.5]]), rel=1e-5)

@@ -12,7 +12,7 @@ manifest, and tokenize at build time through the runtime's own
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, Dict, Sequence
+from typing import Any, Dict, Optional, Sequence
 
 import numpy as np
 
@@ -32,6 +32,8 @@ NORMALIZE = list(TEXT_NORMALIZERS)
 # padding uses id 0 under a zero attention mask
 SENTENCEPIECE_IDS = {"bos_id": 1, "eos_id": 2, "pad_id": 0}
 TOKENIZER = {"type": "sentencepiece", **SENTENCEPIECE_IDS, "context_length": None}
+# CLIP-family exports (train/export): whitespace only; the checkpoint's own tokenizer handles case
+CLIP_NORMALIZE = ["strip", "collapse_spaces"]
 
 
 def model_files(image_encoder: str = IMAGE_ENCODER_FILE) -> Dict[str, str]:
@@ -40,16 +42,32 @@ def model_files(image_encoder: str = IMAGE_ENCODER_FILE) -> Dict[str, str]:
 
 
 def text_config(output: str, templates: Sequence[str], normalize: Sequence[str] = NORMALIZE,
-                context_length: Any = None) -> Dict[str, Any]:
+                context_length: Any = None, tokenizer_cfg: Optional[Dict[str, Any]] = None,
+                attention_mask: bool = True) -> Dict[str, Any]:
     """The manifest's ``text`` section for a text encoder whose graph returns ``output``.
 
-    Inputs are INPUT_IDS and ATTENTION_MASK, int64 (B, L); the tokenizer is
-    sentencepiece with SENTENCEPIECE_IDS; ``context_length`` None means no
-    truncation (batches are padded to their longest text).
+    Inputs are INPUT_IDS and (with ``attention_mask``) ATTENTION_MASK, int64
+    (B, L); the tokenizer is ``tokenizer_cfg`` (e.g. :func:`hf_tokenizer_config`),
+    by default sentencepiece with SENTENCEPIECE_IDS; ``context_length`` None
+    means no truncation (batches are padded to their longest text).
     """
-    return {"input_ids": INPUT_IDS, "attention_mask": ATTENTION_MASK, "output": output,
-            "tokenizer": dict(TOKENIZER, context_length=context_length),
-            "normalize": list(normalize), "templates": list(templates)}
+    tok = dict(tokenizer_cfg) if tokenizer_cfg is not None else dict(TOKENIZER, context_length=context_length)
+    return {"input_ids": INPUT_IDS, "attention_mask": ATTENTION_MASK if attention_mask else None, "output": output,
+            "tokenizer": tok, "normalize": list(normalize), "templates": list(templates)}
+
+
+def hf_tokenizer_config(pad_id: int, context_length: Optional[int], pad_to_context: bool,
+                        bos_id: Optional[int] = None, eos_id: Optional[int] = None, lowercase: bool = False,
+                        add_special_tokens: bool = True) -> Dict[str, Any]:
+    """The manifest's ``text.tokenizer`` for a Hugging Face ``tokenizer.json`` (see zeroshot.text.Tokenizer).
+
+    With ``add_special_tokens`` the file's post-processor adds BOS/EOS; without
+    it the runtime adds ``bos_id``/``eos_id``. ``id_map`` is set by trimming.
+    """
+    return {"type": "hf_tokenizers", "bos_id": bos_id, "eos_id": eos_id, "pad_id": int(pad_id),
+            "context_length": None if context_length is None else int(context_length),
+            "pad_to_context": bool(pad_to_context), "lowercase": bool(lowercase),
+            "add_special_tokens": bool(add_special_tokens), "id_map": None}
 
 
 def tokenizer(model_file: Path, cfg: Dict[str, Any] = TOKENIZER) -> Tokenizer:

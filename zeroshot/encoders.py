@@ -15,7 +15,7 @@ from typing import Any, Dict, List, Optional, Sequence, Tuple
 import numpy as np
 
 from .manifest import load_manifest, resolve_file
-from .text import Tokenizer, build_prompts
+from .text import build_prompts, load_tokenizer
 
 logger = logging.getLogger(__name__)
 
@@ -65,10 +65,9 @@ class Model:
         self.threads = threads or available_cpus()
         img_path = resolve_file(self.manifest, self.dir, "image_encoder", verify, variant)
         txt_path = resolve_file(self.manifest, self.dir, "text_encoder", verify, variant)
-        tok_path = resolve_file(self.manifest, self.dir, "tokenizer", verify, variant)
         self.image_cfg: Dict[str, Any] = self.manifest["image"]
         self.text_cfg: Dict[str, Any] = self.manifest["text"]
-        self.tokenizer = Tokenizer(tok_path, self.text_cfg["tokenizer"])
+        self.tokenizer = load_tokenizer(self.manifest, self.dir, verify, variant)
         self._image = make_session(img_path, self.threads)
         self._image_outputs = [self.image_cfg["output"]] + ([self.image_cfg["features_output"]]
                                                            if self.image_cfg.get("features_output") else [])

@@ -13,7 +13,7 @@ from __future__ import annotations
 import logging
 import warnings
 from pathlib import Path
-from typing import Any, Dict, Tuple
+from typing import Any, Dict, Optional, Tuple
 
 import numpy as np
 from PIL import Image, ImageOps
@@ -86,14 +86,32 @@ def load_image(path: Path, target: int) -> Image.Image:
         raise ImageError(f"{path}: cannot decode image: {type(exc).__name__}: {exc}") from exc
 
 
-def crop_box(width: int, height: int, resize: str) -> Tuple[float, float, float, float]:
-    """Source box that one resize to a square maps onto the output.
+def crop_box(width: int, height: int, resize: str, size: Optional[int] = None) -> Tuple[float, float, float, float]:
+    """Source box (in input pixels) that one resize to ``size`` x ``size`` maps onto the output.
 
-    ``center_crop``: the central square of the shorter side (resize the shorter
-    side, then center-crop). ``squash``: the whole image, aspect not kept.
+    ``center_crop``: the central square of the shorter side, centred exactly
+    (half-pixel offsets allowed). ``resize_center_crop`` (CLIP, open_clip:
+    torchvision ``Resize(size)`` + ``CenterCrop(size)``): the shorter side resized
+    to ``size``, the longer to ``int(size * long / short)``, the square cut at
+    ``int(round((new - size) / 2))``, mapped back to input pixels, so one resize
+    gives the two steps' pixel centres and filter scale (needs ``size``).
+    ``crop_square`` (ruCLIP: ``RandomResizedCrop(size, scale=(1, 1), ratio=(1, 1))``):
+    the central square at integer offsets ``(long - short) // 2``.
+    ``squash``: the whole image, aspect not kept.
     """
     if resize == "squash":
         return (0.0, 0.0, float(width), float(height))
+    if resize == "crop_square":
+        side = min(width, height)
+        left, top = (width - side) // 2, (height - side) // 2
+        return (float(left), float(top), float(left + side), float(top + side))
+    if resize == "resize_center_crop":
+        if size is None:
+            raise ValueError("resize_center_crop needs the output size")
+        new_w, new_h = (size, int(size * height / width)) if width <= height else (int(size * width / height), size)
+        left, top = int(round((new_w - size) / 2.0)), int(round((new_h - size) / 2.0))
+        sx, sy = width / new_w, height / new_h
+        return (left * sx, top * sy, (left + size) * sx, (top + size) * sy)
     side = float(min(width, height))
     left = (width - side) / 2.0
     top = (height - side) / 2.0
@@ -107,7 +125,7 @@ def preprocess(img: Image.Image, cfg: Dict[str, Any], size: int) -> np.ndarray:
     std in 0..1 units); ``size`` is the side length (image.size, or
     image.fast_size on the cheap path). Resize and crop are one PIL resize.
     """
-    box = crop_box(img.width, img.height, cfg["resize"])
+    box = crop_box(img.width, img.height, cfg["resize"], size)
     resized = img.resize((size, size), _RESAMPLE[cfg["interpolation"]], box=box, reducing_gap=3.0)
     arr = np.asarray(resized, dtype=np.float32)
     mean = np.asarray(cfg["mean"], dtype=np.float32) * 255.0

@@ -12,6 +12,7 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import math
 from pathlib import Path
 from typing import Any, Dict, Optional
 
@@ -20,7 +21,10 @@ logger = logging.getLogger(__name__)
 MANIFEST_NAME = "manifest.json"
 FORMAT_VERSION = 1
 FILE_KEYS = ("image_encoder", "text_encoder", "tokenizer")
-RESIZE_MODES = ("center_crop", "squash")
+OPTIONAL_FILE_KEYS = ("tokenizer_id_map",)
+TOKENIZER_TYPES = ("sentencepiece", "hf_tokenizers")
+PADDING_SIDES = ("right", "left")
+RESIZE_MODES = ("center_crop", "resize_center_crop", "crop_square", "squash")
 INTERPOLATIONS = ("nearest", "bilinear", "bicubic", "lanczos")
 SIMILARITIES = ("dot", "cosine")
 LOGIT_KINDS = ("linear", "log")
@@ -67,15 +71,7 @@ def _check_text(section: Dict[str, Any], path: Path) -> None:
     mask = section.get("attention_mask")
     _require(mask is None or isinstance(mask, str), path, "text.attention_mask must be null or a string")
     _require(isinstance(section.get("output"), str), path, "text.output must be a string")
-    tok = section.get("tokenizer")
-    _require(isinstance(tok, dict), path, "text.tokenizer must be an object")
-    _require(tok.get("type") == "sentencepiece", path, "text.tokenizer.type must be 'sentencepiece'")
-    for key in ("bos_id", "eos_id", "pad_id"):
-        _require(tok.get(key) is None or isinstance(tok.get(key), int), path,
-                 f"text.tokenizer.{key} must be null or an integer")
-    ctx = tok.get("context_length")
-    _require(ctx is None or (isinstance(ctx, int) and ctx > 1), path,
-             "text.tokenizer.context_length must be null or an integer > 1")
+    _check_tokenizer(section.get("tokenizer"), path)
     norm = section.get("normalize", [])
     _require(isinstance(norm, list) and all(n in TEXT_NORMALIZERS for n in norm), path,
              f"text.normalize must be a list drawn from {TEXT_NORMALIZERS}")
@@ -85,11 +81,59 @@ def _check_text(section: Dict[str, Any], path: Path) -> None:
              "text.templates must be a non-empty list of strings containing '{}'")
 
 
+def _is_int(value: Any) -> bool:
+    """True for an int that is not a bool (JSON true is not a token id)."""
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _check_tokenizer(tok: Any, path: Path) -> None:
+    """The ``text.tokenizer`` section: type, special ids, context, padding, lower-casing, id map."""
+    _require(isinstance(tok, dict), path, "text.tokenizer must be an object")
+    _require(tok.get("type") in TOKENIZER_TYPES, path, f"text.tokenizer.type must be one of {TOKENIZER_TYPES}")
+    for key in ("bos_id", "eos_id", "pad_id"):
+        _require(tok.get(key) is None or (_is_int(tok[key]) and tok[key] >= 0), path,
+                 f"text.tokenizer.{key} must be null or an integer >= 0")
+    ctx = tok.get("context_length")
+    _require(ctx is None or (_is_int(ctx) and ctx > 1), path,
+             "text.tokenizer.context_length must be null or an integer > 1")
+    for key in ("pad_to_context", "lowercase", "add_special_tokens"):
+        _require(isinstance(tok.get(key, False), bool), path, f"text.tokenizer.{key} must be true or false")
+    _require(not tok.get("pad_to_context") or ctx is not None, path,
+             "text.tokenizer.pad_to_context needs text.tokenizer.context_length")
+    _require(tok.get("padding_side", "right") in PADDING_SIDES, path,
+             f"text.tokenizer.padding_side must be one of {PADDING_SIDES}")
+    id_map = tok.get("id_map")
+    _require(id_map is None or (isinstance(id_map, str) and id_map.endswith(".npy")), path,
+             "text.tokenizer.id_map must be null or the name of a .npy file")
+
+
+def _check_files(manifest: Dict[str, Any], path: Path) -> None:
+    """``files``: the required roles, optional ones, and their agreement with the tokenizer section."""
+    files = manifest.get("files")
+    _require(isinstance(files, dict), path, "files must be an object")
+    for key in FILE_KEYS + OPTIONAL_FILE_KEYS:
+        entry = files.get(key)
+        _require((key in OPTIONAL_FILE_KEYS and entry is None)
+                 or (isinstance(entry, dict) and isinstance(entry.get("path"), str)
+                     and isinstance(entry.get("sha256"), str)), path,
+                 f"files.{key} must have 'path' and 'sha256'")
+    tok = manifest["text"]["tokenizer"]
+    if tok["type"] == "hf_tokenizers":
+        _require(files["tokenizer"]["path"].endswith(".json"), path,
+                 "files.tokenizer.path must be a tokenizers .json file when text.tokenizer.type is 'hf_tokenizers'")
+    id_map, entry = tok.get("id_map"), files.get("tokenizer_id_map")
+    _require((id_map is None) == (entry is None) and (id_map is None or entry["path"] == id_map), path,
+             "text.tokenizer.id_map and files.tokenizer_id_map.path must name the same file (or both be absent)")
+
+
 def _check_score(section: Dict[str, Any], path: Path) -> None:
     _require(section.get("similarity") in SIMILARITIES, path, f"score.similarity must be one of {SIMILARITIES}")
     _require(section.get("logit") in LOGIT_KINDS, path, f"score.logit must be one of {LOGIT_KINDS}")
     scale = section.get("scale")
     _require(isinstance(scale, (int, float)) and scale > 0, path, "score.scale must be a positive number")
+    bias = section.get("bias", 0.0)
+    _require(isinstance(bias, (int, float)) and not isinstance(bias, bool) and math.isfinite(bias), path,
+             "score.bias must be a finite number (SigLIP's logit bias) or absent")
 
 
 def _check_balance(section: Optional[Dict[str, Any]], path: Path) -> None:
@@ -122,17 +166,11 @@ def validate_manifest(manifest: Dict[str, Any], path: Path) -> None:
     _require(isinstance(manifest, dict), path, "top level must be an object")
     _require(manifest.get("format_version") == FORMAT_VERSION, path,
              f"format_version must be {FORMAT_VERSION}")
-    files = manifest.get("files")
-    _require(isinstance(files, dict), path, "files must be an object")
-    for key in FILE_KEYS:
-        entry = files.get(key)
-        _require(isinstance(entry, dict) and isinstance(entry.get("path"), str)
-                 and isinstance(entry.get("sha256"), str), path,
-                 f"files.{key} must have 'path' and 'sha256'")
     for key in ("image", "text", "score"):
         _require(isinstance(manifest.get(key), dict), path, f"{key} must be an object")
     _check_image(manifest["image"], path)
     _check_text(manifest["text"], path)
+    _check_files(manifest, path)
     _check_score(manifest["score"], path)
     _check_balance(manifest.get("balance"), path)
     _check_transductive(manifest.get("transductive"), path)
@@ -140,7 +178,7 @@ def validate_manifest(manifest: Dict[str, Any], path: Path) -> None:
     _require(isinstance(variants, dict), path, "variants must be an object")
     for name, variant in variants.items():
         vfiles = variant.get("files") if isinstance(variant, dict) else None
-        _require(isinstance(vfiles, dict) and all(k in FILE_KEYS and isinstance(v, dict) and isinstance(
+        _require(isinstance(vfiles, dict) and all(k in FILE_KEYS + OPTIONAL_FILE_KEYS and isinstance(v, dict) and isinstance(
             v.get("path"), str) and isinstance(v.get("sha256"), str) for k, v in vfiles.items()), path,
             f"variants.{name}.files must map file roles to {{'path', 'sha256'}}")
     batch = manifest.get("batch_size", 16)

@@ -33,11 +33,12 @@ def class_logits(image_vecs: np.ndarray, class_vecs: np.ndarray, cfg: Dict[str, 
 
     The similarity s (:func:`similarities`) goes through the ``logit``
     transform: ``linear`` gives scale * s, ``log`` gives scale * log(s) (for
-    probability-like s, e.g. p . w of two distributions).
+    probability-like s, e.g. p . w of two distributions); an optional ``bias``
+    is added (SigLIP's logit bias: scale * cos + bias).
     """
     sims = similarities(image_vecs, class_vecs, cfg["similarity"])
     transformed = np.log(np.maximum(sims, _EPS)) if cfg["logit"] == "log" else sims
-    return (float(cfg["scale"]) * transformed).astype(np.float32)
+    return (float(cfg["scale"]) * transformed + float(cfg.get("bias", 0.0))).astype(np.float32)
 
 
 def softmax(x: np.ndarray, axis: int = -1) -> np.ndarray:
