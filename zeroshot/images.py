@@ -24,6 +24,9 @@ logger = logging.getLogger(__name__)
 # enforce our own limit on what is actually decoded (after JPEG draft mode).
 Image.MAX_IMAGE_PIXELS = None
 MAX_DECODE_PIXELS = 64_000_000
+# Formats decoded by the JPEG decoder, which can decode at 1/2, 1/4 or 1/8 scale (draft mode);
+# MPO is a JPEG with extra frames (phone cameras), which Pillow reports under its own name.
+DRAFT_FORMATS = ("JPEG", "MPO")
 
 _RESAMPLE = {
     "nearest": Image.NEAREST,
@@ -71,7 +74,7 @@ def load_image(path: Path, target: int) -> Image.Image:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
             with Image.open(path) as img:
-                if img.format == "JPEG":
+                if img.format in DRAFT_FORMATS:
                     img.draft("RGB", (target, target))
                 width, height = img.size
                 if width * height > MAX_DECODE_PIXELS:
@@ -84,6 +87,23 @@ def load_image(path: Path, target: int) -> Image.Image:
         raise
     except Exception as exc:  # Pillow raises many types for broken files
         raise ImageError(f"{path}: cannot decode image: {type(exc).__name__}: {exc}") from exc
+
+
+def decoded_pixels(path: Path, target: int) -> int:
+    """Pixels :func:`load_image` will decode for ``path`` (after draft mode), from the header only.
+
+    0 if the header cannot be read (load_image then raises the ImageError).
+    """
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            with Image.open(path) as img:
+                if img.format in DRAFT_FORMATS:
+                    img.draft("RGB", (target, target))
+                width, height = img.size
+                return int(width) * int(height)
+    except Exception:  # Pillow raises many types for broken files
+        return 0
 
 
 def crop_box(width: int, height: int, resize: str) -> Tuple[float, float, float, float]:

@@ -19,9 +19,11 @@ from __future__ import annotations
 import logging
 import math
 import os
+import threading
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import List, Optional, Tuple
+from typing import Iterator, List, Optional, Tuple
 
 logger = logging.getLogger(__name__)
 
@@ -200,3 +202,40 @@ def effective_cpus(threads: Optional[int] = None, host_root: Path = Path("/"),
         logger.warning("--threads %d is more than the %d CPUs this process may use (%s, %s); using %d",
                        threads, limit.cpus, limit.source, limit.detail, limit.cpus)
     return limit
+
+
+class PixelBudget:
+    """A bound on decoded pixels in flight across decoding threads (CONVENTIONS.md 14).
+
+    Decoding memory grows with the pixels being decoded at once, not with the
+    thread count: :meth:`hold` blocks until ``pixels`` fit under ``limit``
+    (one image larger than the limit still goes through, alone), so peak
+    memory is the same on any host with any ``--threads``.
+    """
+
+    def __init__(self, limit: int) -> None:
+        self.limit = int(limit)
+        self.in_flight = 0
+        self.peak = 0
+        self._cond = threading.Condition()
+
+    def acquire(self, pixels: int) -> None:
+        with self._cond:
+            while self.in_flight > 0 and self.in_flight + pixels > self.limit:
+                self._cond.wait()
+            self.in_flight += pixels
+            self.peak = max(self.peak, self.in_flight)
+
+    def release(self, pixels: int) -> None:
+        with self._cond:
+            self.in_flight -= pixels
+            self._cond.notify_all()
+
+    @contextmanager
+    def hold(self, pixels: int) -> Iterator[None]:
+        """Reserve ``pixels`` for the duration of the block."""
+        self.acquire(pixels)
+        try:
+            yield
+        finally:
+            self.release(pixels)
