@@ -51,6 +51,7 @@ class DatasetResult:
     classes: int = 0
     problems: List[str] = field(default_factory=list)
     tiers: Dict[str, int] = field(default_factory=lambda: {tier: 0 for tier in TIERS})
+    busy_s: float = 0.0  # seconds of prompt encoding and image batches (the rest is per-dataset overhead)
 
 
 def decode_one(path: Path, cfg: Dict[str, Any], size: int, pixels: PixelBudget) -> Decoded:
@@ -263,7 +264,7 @@ def predict_dataset(ds: Dataset, model: Model, budget: Budget, decoder: Decoder,
         logger.warning("%s", problem)
     run = _DatasetRun(ds, model, budget, decoder, batch_size, stop or threading.Event())
     result = _predict(run, started)
-    budget.record_dataset(result.seconds - run.busy_s)
+    result.busy_s = run.busy_s
     return result
 
 
@@ -293,10 +294,15 @@ def _predict(run: _DatasetRun, started: float) -> DatasetResult:
 def run_all(datasets: List[Dataset], model: Model, budget: Budget, batch_size: int, decoder: Decoder,
             on_result: Optional[Callable[[DatasetResult], None]] = None,
             stop: Optional[threading.Event] = None) -> List[DatasetResult]:
-    """Predict every dataset in order; ``on_result`` gets each result as soon as it is ready."""
+    """Predict every dataset in order; ``on_result`` gets each result as soon as it is ready.
+
+    Everything outside prompts and image batches (listing, scoring, writing the
+    results) is recorded in the budget as per-dataset overhead.
+    """
     results: List[DatasetResult] = []
     try:
         for ds in datasets:
+            started = time.monotonic()
             res = predict_dataset(ds, model, budget, decoder, batch_size, stop)
             n = len(res.predictions)
             logger.info("%s: %d images, %d classes, %.1f s, %.1f images/s (tiers %s)", ds.name, n,
@@ -305,6 +311,7 @@ def run_all(datasets: List[Dataset], model: Model, budget: Budget, batch_size: i
             results.append(res)
             if on_result is not None:
                 on_result(res)
+            budget.record_dataset(time.monotonic() - started - res.busy_s)
     finally:
         decoder.close()
     return results
