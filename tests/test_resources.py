@@ -10,7 +10,8 @@ from typing import Dict, Optional
 
 import pytest
 
-from conftest import REPO
+from conftest import REPO, read_json
+from datagen import make_dataset
 
 from zeroshot.resources import (AFFINITY, CGROUP_V1, CGROUP_V2, FLAG, cgroup_cpus, effective_cpus,
                                 parse_mountinfo, quota_cpus)
@@ -134,19 +135,23 @@ def test_mountinfo_escapes_and_junk_lines() -> None:
 
 # --- a real cgroup quota (needs root and a writable cgroup file system) ------------------------
 
-def test_runtime_sees_one_cpu_inside_a_real_quota() -> None:
+def test_runtime_picks_one_thread_inside_a_real_quota(tiny_model: Path, tmp_path: Path) -> None:
+    """A 1-CPU CFS quota with every CPU in the affinity mask (docker run --cpus=1): 1 thread, source cgroup."""
     from contest.cgroups import create_cpu_quota_cgroup, remove_cgroup
 
     try:
         group = create_cpu_quota_cgroup(f"zeroshot-test-{os.getpid()}", 1.0)
     except (OSError, ValueError) as exc:
         pytest.skip(f"cannot create a cgroup with a CPU quota here (needs root and cgroup v1/v2): {exc}")
+    make_dataset(tmp_path / "data", "a", ["x", "y"], 3)
+    report = tmp_path / "report.json"
     try:
-        code = "from zeroshot.resources import effective_cpus as e; l = e(); print(l.cpus, l.source)"
-        out = subprocess.run(group.prefix() + [sys.executable, "-c", code], cwd=REPO, capture_output=True,
-                             text=True, timeout=60)
-        assert out.returncode == 0, out.stderr
-        n, source = out.stdout.split()
-        assert int(n) == 1 and source in (CGROUP_V1, CGROUP_V2), out.stdout
+        proc = subprocess.run(group.prefix() + [sys.executable, str(REPO / "predict.py"), str(tmp_path / "data"),
+                                                str(tmp_path / "o.json"), "--model", str(tiny_model),
+                                                "--report", str(report)],
+                              cwd="/", capture_output=True, text=True, timeout=120)
     finally:
         remove_cgroup(group)
+    assert proc.returncode == 0, proc.stderr
+    rep = read_json(report)
+    assert rep["threads"] == 1 and rep["cpu_source"] in (CGROUP_V1, CGROUP_V2) and rep["decode"] == "inline", rep
