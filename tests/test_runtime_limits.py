@@ -5,8 +5,11 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
 import stat
+import subprocess
+import sys
 import threading
 import time
 from pathlib import Path
@@ -217,18 +220,35 @@ def test_d3_unlistable_img_folder(tiny_model: Path, tmp_path: Path, monkeypatch:
     assert f"{locked}: cannot list the img/ folder" in caplog.text
 
 
-@pytest.mark.skipif(os.geteuid() == 0, reason="root can list a folder whatever its mode")
+DROP_DAC = ["setpriv", "--bounding-set", "-dac_override,-dac_read_search", "--"]
+
+
+def _unprivileged_prefix() -> List[str]:
+    """A prefix under which a folder of mode 000 cannot be listed: none for a normal user; for root,
+    setpriv without the capabilities that bypass file permissions (skip if that is not possible)."""
+    if os.geteuid() != 0:
+        return []
+    if shutil.which("setpriv") is None or subprocess.run(DROP_DAC + ["true"]).returncode != 0:
+        pytest.skip("running as root without a working setpriv: a folder of mode 000 stays listable")
+    return DROP_DAC
+
+
 def test_d3_unlistable_img_folder_for_real(tiny_model: Path, tmp_path: Path) -> None:
+    prefix = _unprivileged_prefix()
     root = tmp_path / "data"
     make_dataset(root, "a", ["x", "y"], 3)
     make_dataset(root, "locked", ["x", "y"], 3)
     (root / "locked" / "img").chmod(0)
     try:
-        proc = run_predict_sh(root, tmp_path / "o.json", tiny_model)
+        proc = subprocess.run(prefix + ["bash", str(REPO / "predict.sh"), str(root), str(tmp_path / "o.json"),
+                                        "--model", str(tiny_model)], capture_output=True, text=True,
+                              env=dict(os.environ, PYTHON=sys.executable), cwd="/", timeout=300)
     finally:
         (root / "locked" / "img").chmod(0o755)
     assert proc.returncode == 0, proc.stderr
-    assert len(read_json(tmp_path / "o.json")["a"]) == 3
+    preds = read_json(tmp_path / "o.json")
+    assert len(preds["a"]) == 3 and preds["locked"] == {}
+    assert "cannot list the img/ folder" in proc.stderr
 
 
 # --- D4: very long class names ------------------------------------------------------------------------------
@@ -360,9 +380,6 @@ def test_predict_sh_through_a_symlink(tiny_model: Path, tmp_path: Path) -> None:
     link_dir = tmp_path / "bin"
     link_dir.mkdir()
     (link_dir / "predict.sh").symlink_to(REPO / "predict.sh")
-    import subprocess
-    import sys
-
     proc = subprocess.run(["bash", str(link_dir / "predict.sh"), str(root), str(tmp_path / "o.json"),
                            "--model", str(tiny_model)], capture_output=True, text=True,
                           env=dict(os.environ, PYTHON=sys.executable), cwd="/", timeout=300)
