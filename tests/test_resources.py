@@ -155,3 +155,21 @@ def test_runtime_picks_one_thread_inside_a_real_quota(tiny_model: Path, tmp_path
     assert proc.returncode == 0, proc.stderr
     rep = read_json(report)
     assert rep["threads"] == 1 and rep["cpu_source"] in (CGROUP_V1, CGROUP_V2) and rep["decode"] == "inline", rep
+
+
+def test_quota_bench_runs_predict_sh_inside_the_quota(tiny_model: Path, tmp_path: Path) -> None:
+    from contest import quota_bench
+    from contest.cgroups import create_cpu_quota_cgroup, remove_cgroup
+
+    try:
+        remove_cgroup(create_cpu_quota_cgroup(f"zeroshot-probe-{os.getpid()}", 1.0))
+    except (OSError, ValueError) as exc:
+        pytest.skip(f"cannot create a cgroup with a CPU quota here (needs root and cgroup v1/v2): {exc}")
+    make_dataset(tmp_path / "data", "a", ["x", "y"], 4)
+    out = tmp_path / "rates.json"
+    assert quota_bench.main([str(tmp_path / "data"), "--case", f"tiny={REPO}:--model {tiny_model}",
+                             "--rounds", "1", "--out", str(out)]) == 0
+    rates = read_json(out)
+    assert list(rates) == ["tiny"] and len(rates["tiny"]) == 1 and rates["tiny"][0] > 0
+    with pytest.raises(ValueError, match="NAME=TREE"):
+        quota_bench.parse_case("no-equals-sign")
