@@ -33,7 +33,7 @@ from .limits import JUDGE_TIME_LIMIT_S, MODEL_DIR
 from .outputs import Predictions, PredictionsFile
 from .pipeline import Decoder, DatasetResult, run_all
 from .report import RunReport, package_versions
-from .resources import AFFINITY, FLAG, CpuLimit, PixelBudget, effective_cpus
+from .resources import AFFINITY, FLAG, CpuLimit, PixelBudget, effective_cpus, return_freed_memory
 
 logger = logging.getLogger("zeroshot")
 
@@ -162,6 +162,8 @@ def main(argv: Optional[List[str]] = None) -> int:
     if args.check:
         return check(args.model, args.variant)
     started = time.monotonic()
+    if not return_freed_memory():
+        logger.info("no glibc mallopt here: freed image memory may stay with its decoding thread")
     try:
         datasets, problems = discover(args.datasets_dir)
         out = PredictionsFile(args.out_json)
@@ -208,8 +210,9 @@ def predict_all(args: argparse.Namespace, datasets: List[Dataset], problems: Lis
                       Decoder(workers, PixelBudget(DECODE_PIXEL_BUDGET)), on_result, stop)
     elapsed = time.monotonic() - started
     all_problems = problems + [p for r in results for p in r.problems]
+    out.finish()
     report.finish("stopped" if stop.is_set() else "done", elapsed, budget.describe(), problems)
-    report.write()
+    report.write(durable=True)
     logger.info("wrote %s: %d datasets, %d images in %.1f s (%.1f images/s)", args.out_json, len(results),
                 total, elapsed, total / max(elapsed, 1e-9))
     if all_problems:

@@ -32,11 +32,13 @@ def json_bytes(data: Any) -> bytes:
     return text.encode("utf-8", errors="backslashreplace")
 
 
-def write_json_atomic(path: Path, data: Any) -> None:
+def write_json_atomic(path: Path, data: Any, durable: bool = True) -> None:
     """Write UTF-8 JSON to ``path`` through a temp file in the same folder and a rename.
 
     The file gets the usual permissions (0666 minus the umask, 0644 mostly), not
     mkstemp's 0600, so a scorer running as another user can read it.
+    ``durable``: fsync before the rename (survives a machine crash; a killed
+    process leaves a complete file either way, the rename being atomic).
     """
     path = Path(path)
     folder = path.parent if str(path.parent) else Path(".")
@@ -47,7 +49,8 @@ def write_json_atomic(path: Path, data: Any) -> None:
         with os.fdopen(fd, "wb") as handle:
             handle.write(payload)
             handle.flush()
-            os.fsync(handle.fileno())
+            if durable:
+                os.fsync(handle.fileno())
         os.chmod(tmp, 0o666 & ~_umask())
         os.replace(tmp, path)
     except BaseException:
@@ -80,7 +83,14 @@ class PredictionsFile:
             raise OSError(exc.errno, f"{self.path}: cannot write OUT_JSON: {exc.strerror or exc}") from exc
 
     def update(self, name: str, predictions: Dict[str, int]) -> None:
+        """Replace one dataset's predictions (no write if they are what the file already holds)."""
+        if self.data.get(name) == predictions:
+            return
         self.data[name] = dict(predictions)
+        write_json_atomic(self.path, self.data, durable=False)
+
+    def finish(self) -> None:
+        """The last write, synced to disk."""
         write_json_atomic(self.path, self.data)
 
 

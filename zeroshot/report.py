@@ -67,9 +67,9 @@ class RunReport:
         self.data.update(status=status, seconds=round(seconds, 3), images=images, budget=budget,
                          images_per_s=round(images / seconds, 2) if seconds > 0 else None, problems=list(problems))
 
-    def write(self) -> None:
+    def write(self, durable: bool = False) -> None:
         if self.path is not None:
-            write_json_atomic(self.path, self.data)
+            write_json_atomic(self.path, self.data, durable)
 
 
 def read_report(path: Path) -> Dict[str, Any]:
