@@ -69,9 +69,10 @@ PROBE_LIMITS = """
 import json, os, resource, socket, sys
 sys.path.insert(0, sys.argv[1])
 try:
-    from zeroshot.resources import effective_cpus
-    limit = effective_cpus()
-    effective = {"cpus": limit.cpus, "source": limit.source, "detail": limit.detail}
+    from zeroshot.resources import cgroup_cpus, effective_cpus
+    limit, quota = effective_cpus(), cgroup_cpus()
+    effective = {"cpus": limit.cpus, "source": limit.source, "detail": limit.detail,
+                 "cgroup_quota": None if quota is None else {"cpus": quota[0], "source": quota[1], "path": quota[2]}}
 except Exception as exc:
     effective = {"error": "%s: %s" % (type(exc).__name__, exc)}
 print(json.dumps({"python": "%d.%d.%d" % sys.version_info[:3], "executable": sys.executable,
@@ -275,8 +276,9 @@ def limit_problems(inside: Dict[str, Any], limits: Limits) -> List[str]:
     if limits.cpu is not None and inside["cpus"] != [limits.cpu]:
         problems.append(f"CPUs inside the sandbox: {inside['cpus']}, expected [{limits.cpu}]")
     effective = inside.get("effective_cpus") or {}
-    if limits.quota is not None and effective.get("cpus") != 1:
-        problems.append(f"the runtime sees {effective} inside the 1-CPU quota, expected 1 CPU")
+    quota_inside = (effective.get("cgroup_quota") or {}).get("cpus")
+    if limits.quota is not None and (effective.get("cpus") != 1 or quota_inside != 1):
+        problems.append(f"the runtime sees {effective} inside the 1-CPU quota, expected 1 CPU and a 1-CPU quota")
     if limits.memory_kind != "none" and inside[f"rlimit_{limits.memory_kind}"] != limits.memory_bytes:
         problems.append(f"RLIMIT_{limits.memory_kind.upper()} inside is {inside[f'rlimit_{limits.memory_kind}']}")
     return problems
@@ -324,8 +326,10 @@ def format_summary(summary: Dict[str, Any]) -> str:
              f"cpu quota    {format_quota(lim.get('cpu_quota') or {})}"]
     effective = summary.get("inside", {}).get("effective_cpus")
     if effective:
+        quota = effective.get("cgroup_quota")
         lines.append(f"runtime sees {effective.get('cpus', '?')} CPU(s) ({effective.get('source', effective)}: "
-                     f"{effective.get('detail', '')})")
+                     f"{effective.get('detail', '')}); cgroup quota inside: "
+                     + (f"{quota['cpus']} CPU ({quota['source']}, {quota['path']})" if quota else "none"))
     versions = summary.get("versions") or {}
     packages = ", ".join(f"{k} {v}" for k, v in versions.items() if not k.endswith("_path"))
     lines.append(f"python       {summary.get('inside', {}).get('python', '?')}" + (f"; {packages}" if packages else ""))
