@@ -58,10 +58,10 @@ def test_cgroup_v1_nested_quota(tmp_path: Path) -> None:
 
 
 def test_cgroup_v1_parent_quota_is_tighter(tmp_path: Path) -> None:
-    top = "sys/fs/cgroup/cpu,cpuacct"
+    pod = "sys/fs/cgroup/cpu,cpuacct/kubepods/pod1"
     root = fake_tree(tmp_path, "2:cpu,cpuacct:/kubepods/pod1/c1\n", V1_MOUNTS,
-                     {f"{top}/kubepods/pod1/c1/cpu.cfs_quota_us": "800000", f"{top}/kubepods/pod1/c1/cpu.cfs_period_us": "100000",
-                      f"{top}/kubepods/pod1/cpu.cfs_quota_us": "300000", f"{top}/kubepods/pod1/cpu.cfs_period_us": "100000"})
+                     {f"{pod}/c1/cpu.cfs_quota_us": "800000", f"{pod}/c1/cpu.cfs_period_us": "100000",
+                      f"{pod}/cpu.cfs_quota_us": "300000", f"{pod}/cpu.cfs_period_us": "100000"})
     assert cpus(root) == (3, CGROUP_V1)
 
 

@@ -170,7 +170,8 @@ def test_d1_non_utf8_file_and_folder_names_keep_their_ids(tiny_model: Path, tmp_
     with open(os.path.join(bad_ds, b"classes.json"), "w", encoding="utf-8") as f:
         json.dump(["кот", "пёс"], f)
     photo(np.random.default_rng(0), (200, 0, 0)).save(os.path.join(bad_ds, b"img", "фото".encode("cp866") + b".jpg"))
-    photo(np.random.default_rng(1), (0, 200, 0)).save(os.path.join(os.fsencode(root), b"ok", b"img", b"caf\xe9.jpg"))
+    cafe = os.path.join(os.fsencode(root), b"ok", b"img", b"caf\xe9.jpg")  # Latin-1, not UTF-8
+    photo(np.random.default_rng(1), (0, 200, 0)).save(cafe)
     out = tmp_path / "o.json"
     proc = run_predict_sh(root, out, tiny_model)
     assert proc.returncode == 0, proc.stderr
