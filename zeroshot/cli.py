@@ -116,7 +116,9 @@ def decode_workers(mode: str, cpus: int) -> int:
     """Decoding threads: 0 (inline in the main thread) or ``cpus``.
 
     auto: inline on one CPU, where a decoding pool only takes turns with the
-    encoder on the same CPU (measured faster inline; README, "CPU and memory").
+    encoder on the same CPU (measured: a tie within noise; inline queues no
+    decoded batches and stops between two images at the deadline; README,
+    "CPU and memory as the judge's container sets them").
     """
     if mode == "inline" or (mode == "auto" and cpus == 1):
         return 0
