@@ -19,6 +19,7 @@ import threading
 import time
 from collections import deque
 from concurrent.futures import CancelledError, Future, ThreadPoolExecutor, TimeoutError
+from contextlib import nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Deque, Dict, List, Optional, Tuple
@@ -54,13 +55,13 @@ class DatasetResult:
     busy_s: float = 0.0  # seconds of prompt encoding and image batches (the rest is per-dataset overhead)
 
 
-def decode_one(path: Path, cfg: Dict[str, Any], size: int, pixels: PixelBudget) -> Decoded:
+def decode_one(path: Path, cfg: Dict[str, Any], size: int, pixels: Optional[PixelBudget] = None) -> Decoded:
     """(float32 (3, size, size) array, None) for a good image, (None, message) for a bad one.
 
-    Holds the image's decoded pixel count in ``pixels`` while it decodes.
+    Holds the image's decoded pixel count in ``pixels`` (if given) while it decodes.
     """
     try:
-        with pixels.hold(decoded_pixels(path, size)):
+        with pixels.hold(decoded_pixels(path, size)) if pixels is not None else nullcontext():
             return preprocess(load_image(path, size), cfg, size), None
     except ImageError as exc:
         return None, str(exc)
