@@ -38,7 +38,7 @@ venv: .venv/.stamp  ## the build/test environment in .venv
 # its data, and the pip-installed weights (via .venv/.stamp)
 MODEL_SOURCES := $(addprefix train/,__init__.py build_default.py concepts.py contract.py image_encoder.py \
 	manifest_io.py onnx_compat.py text_encoder.py use_m.py) \
-	$(addprefix zeroshot/,__init__.py command.py encoders.py images.py manifest.py text.py) \
+	$(addprefix zeroshot/,__init__.py command.py encoders.py images.py manifest.py resources.py text.py) \
 	$(wildcard train/vocab/*.tsv)
 
 model/manifest.json: .venv/.stamp $(MODEL_SOURCES)
@@ -82,7 +82,7 @@ vendor: .venv/.stamp  ## wheels for the judge (CPython 3.8) and this machine (3.
 bundle: model vendor  ## the submission archive BUNDLE (dist/submission.zip); prints sizes, fails over CAP_MB (default: the judge's cap)
 	$(PY) -m contest.bundle --model model --vendor vendor --out $(BUNDLE) $(if $(CAP_MB),--cap-mb $(CAP_MB))
 
-judge: bundle  ## run BUNDLE like the organisers on DATA: no network, 1 CPU, 8 GB, 23 min; REF=preds.json to compare
+judge: bundle  ## run BUNDLE like the organisers on DATA: no network, 1 CPU (pin + 1-CPU cgroup quota when root), 8 GB, 23 min; report.json kept; REF=preds.json to compare
 	$(PY) -m contest.judge $(BUNDLE) $(DATA) --python $(JUDGE_PYTHON) $(if $(wildcard $(GT)),--gt $(GT)) \
 	  $(if $(REF),--reference $(REF)) --out-dir dist/judge $(JUDGE_ARGS)
 

@@ -6,7 +6,7 @@
 # Idempotent: a second run with the same vendor/ files installs nothing.
 # Ends by checking that the model loads (predict.py --check).
 set -euo pipefail
-here="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
+here="$(cd "$(dirname "$(readlink -f "${BASH_SOURCE[0]}")")" && pwd)"  # through symlinks too
 py="${PYTHON:-$(command -v python3 || command -v python)}"
 pyver="$("$py" -c 'import sys; print("%d.%d" % sys.version_info[:2])')"
 deps="${here}/.deps/py${pyver}"

@@ -54,7 +54,7 @@ LARGE_SIZE = (3000, 2000)
 SPEED_BAR = 5.0           # ours >= 5x the baseline's images/s (end to end, dev set)
 RSS_BAR_MB = 2048.0       # peak RSS under 2 GB ...
 RSS_BAR_IMAGES = JUDGE_IMAGES  # ... over the judge's number of images
-NO_BUDGET_S = "1e9"       # ours runs its full path on every image, whatever the judge's budget
+NO_BUDGET_S = "1e9"       # ours runs its full tier on every image, whatever the judge's budget
 _LAUNCHER = """
 import json, resource, subprocess, sys, time
 started = time.perf_counter()

@@ -6,13 +6,17 @@ Unzips ARCHIVE into an empty temp folder, runs ``./setup.sh`` and then
 ``./predict.sh DATASETS_DIR OUT_JSON`` there under the judge's limits, scores
 OUT_JSON with the contest metric (zeroshot.evaluate), compares it with a
 reference predictions file, prints a summary table to stdout and writes it as
-``summary.json`` (with the predictions and both logs) into ``--out-dir``.
+``summary.json`` (with the predictions, the runtime's ``report.json`` -- passed as
+``predict.sh ... --report`` -- and both logs) into ``--out-dir``.
 
 What is enforced, and how (each limit is also read back from inside by a probe):
 - no network: ``unshare -n`` (a new network namespace holding only a downed
   loopback; ``unshare -r -n`` when not root). If neither works the judge stops,
   unless ``--allow-network`` (then the summary says the network was open).
-- one CPU: ``taskset -c CPU`` (the runtime sizes its threads from the affinity mask).
+- one CPU: ``taskset -c CPU`` and, when the judge may create one (root, cgroup v1
+  or v2), a cgroup with a 1-CPU CFS quota -- what ``docker run --cpus=1`` sets,
+  which leaves every host CPU in the affinity mask. The probe reports the
+  effective CPUs the runtime computes inside (zeroshot.resources); it must be 1.
 - memory: ``prlimit --as`` (address space, default 8 GB), stricter than the
   judge's container limit, which counts resident memory only; ``--memory-kind
   data`` limits RLIMIT_DATA instead. The peak resident memory (wait4) and peak
@@ -49,8 +53,10 @@ from zeroshot.limits import JUDGE_MEMORY_GB as MEMORY_GB
 from zeroshot.limits import JUDGE_TIME_LIMIT_S as TIME_LIMIT_S
 from zeroshot.limits import REPO_ROOT as REPO
 from zeroshot.outputs import Predictions, read_predictions, write_json_atomic
+from zeroshot.report import format_report_lines, read_report
 
 from .bundle import ALLOWED_TOP
+from .cgroups import CpuQuotaCgroup, create_cpu_quota_cgroup, remove_cgroup
 from .vendor import REQUIREMENTS_NAME, read_requirements
 
 logger = logging.getLogger(__name__)
@@ -61,12 +67,21 @@ LOG_TAIL_LINES = 25
 
 PROBE_LIMITS = """
 import json, os, resource, socket, sys
+sys.path.insert(0, sys.argv[1])
+try:
+    from zeroshot.resources import cgroup_cpus, effective_cpus
+    limit, quota = effective_cpus(), cgroup_cpus()
+    effective = {"cpus": limit.cpus, "source": limit.source, "detail": limit.detail,
+                 "cgroup_quota": None if quota is None else {"cpus": quota[0], "source": quota[1], "path": quota[2]}}
+except Exception as exc:
+    effective = {"error": "%s: %s" % (type(exc).__name__, exc)}
 print(json.dumps({"python": "%d.%d.%d" % sys.version_info[:3], "executable": sys.executable,
                   "interfaces": sorted(n for _, n in socket.if_nameindex()),
-                  "cpus": sorted(os.sched_getaffinity(0)),
+                  "cpus": sorted(os.sched_getaffinity(0)), "effective_cpus": effective,
                   "rlimit_as": resource.getrlimit(resource.RLIMIT_AS)[0],
                   "rlimit_data": resource.getrlimit(resource.RLIMIT_DATA)[0]}))
 """
+REPORT_NAME = "report.json"
 PROBE_VERSIONS = """
 import json, sys
 sys.path.insert(0, sys.argv[1])
@@ -79,17 +94,20 @@ print(json.dumps({"numpy": numpy.__version__, "onnxruntime": onnxruntime.__versi
 
 @dataclass
 class Limits:
-    """The sandbox: network prefix (None: open), CPU, memory limit and its kind, seconds."""
+    """The sandbox: network prefix (None: open), CPU, CPU quota cgroup, memory limit and its kind, seconds."""
 
     network: Optional[List[str]]
     cpu: Optional[int]
     memory_bytes: Optional[int]
     memory_kind: str
     time_limit: float
+    quota: Optional[CpuQuotaCgroup] = None
+    quota_note: str = "not asked for (--no-cpu-quota)"
 
     def prefix(self) -> List[str]:
         """The command prefix that applies the limits (inherited across exec)."""
-        cmd: List[str] = list(self.network or [])
+        cmd: List[str] = self.quota.prefix() if self.quota is not None else []
+        cmd += list(self.network or [])
         if self.cpu is not None:
             cmd += ["taskset", "-c", str(self.cpu)]
         if self.memory_bytes is not None and self.memory_kind != "none":
@@ -99,6 +117,7 @@ class Limits:
     def describe(self) -> Dict[str, Any]:
         return {"network": " ".join(self.network) if self.network else "OPEN (not enforced)",
                 "cpus": None if self.cpu is None else [self.cpu],
+                "cpu_quota": self.quota.describe() if self.quota is not None else {"not applied": self.quota_note},
                 "memory": {"bytes": self.memory_bytes,
                            "kind": "not enforced while running" if self.memory_kind == "none" else
                            f"RLIMIT_{self.memory_kind.upper()} (prlimit --{self.memory_kind})",
@@ -256,6 +275,10 @@ def limit_problems(inside: Dict[str, Any], limits: Limits) -> List[str]:
         problems.append(f"network interfaces visible inside the sandbox: {inside['interfaces']}")
     if limits.cpu is not None and inside["cpus"] != [limits.cpu]:
         problems.append(f"CPUs inside the sandbox: {inside['cpus']}, expected [{limits.cpu}]")
+    effective = inside.get("effective_cpus") or {}
+    quota_inside = (effective.get("cgroup_quota") or {}).get("cpus")
+    if limits.quota is not None and (effective.get("cpus") != 1 or quota_inside != 1):
+        problems.append(f"the runtime sees {effective} inside the 1-CPU quota, expected 1 CPU and a 1-CPU quota")
     if limits.memory_kind != "none" and inside[f"rlimit_{limits.memory_kind}"] != limits.memory_bytes:
         problems.append(f"RLIMIT_{limits.memory_kind.upper()} inside is {inside[f'rlimit_{limits.memory_kind}']}")
     return problems
@@ -299,7 +322,14 @@ def format_summary(summary: Dict[str, Any]) -> str:
     lines = [f"archive      {summary['archive']}",
              f"datasets     {summary['datasets']}",
              f"limits       network: {lim['network']}; cpus: {lim['cpus'] or 'all'}; memory: "
-             f"{mem['bytes'] / 1e9:.3g} GB, {mem['kind']}; time: {lim['time_limit_s']:.0f} s"]
+             f"{mem['bytes'] / 1e9:.3g} GB, {mem['kind']}; time: {lim['time_limit_s']:.0f} s",
+             f"cpu quota    {format_quota(lim.get('cpu_quota') or {})}"]
+    effective = summary.get("inside", {}).get("effective_cpus")
+    if effective:
+        quota = effective.get("cgroup_quota")
+        lines.append(f"runtime sees {effective.get('cpus', '?')} CPU(s) ({effective.get('source', effective)}: "
+                     f"{effective.get('detail', '')}); cgroup quota inside: "
+                     + (f"{quota['cpus']} CPU ({quota['source']}, {quota['path']})" if quota else "none"))
     versions = summary.get("versions") or {}
     packages = ", ".join(f"{k} {v}" for k, v in versions.items() if not k.endswith("_path"))
     lines.append(f"python       {summary.get('inside', {}).get('python', '?')}" + (f"; {packages}" if packages else ""))
@@ -314,6 +344,8 @@ def format_summary(summary: Dict[str, Any]) -> str:
         lines.append(f"speed        {summary['images']} images in {steps['predict.sh']['seconds']:.1f} s = "
                      f"{summary['images_per_s']:.2f} images/s; {proj['images']} images: ~{proj['seconds']:.0f} s "
                      f"(limit {lim['time_limit_s']:.0f} s)")
+    if summary.get("run_report"):
+        lines += format_report_lines(summary["run_report"])
     if summary.get("report_table"):
         lines.append(summary["report_table"])
     ref = summary.get("reference")
@@ -324,6 +356,13 @@ def format_summary(summary: Dict[str, Any]) -> str:
     lines += [f"warning      {w}" for w in summary["warnings"]]
     lines.append(f"verdict      {'PASS' if summary['passed'] else 'FAIL'}")
     return "\n".join(lines)
+
+
+def format_quota(quota: Dict[str, str]) -> str:
+    """One line for the CPU quota part of Limits.describe()."""
+    if "not applied" in quota:
+        return f"not applied: {quota['not applied']}"
+    return f"{quota['quota']} in {quota['version']} cgroup {quota['cgroup']}"
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -344,6 +383,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--cpu", type=int, default=min(os.sched_getaffinity(0)),
                         help="the one CPU to run on (default: %(default)s)")
     parser.add_argument("--all-cpus", action="store_true", help="do not pin to one CPU")
+    parser.add_argument("--no-cpu-quota", action="store_true",
+                        help="do not run inside a 1-CPU cgroup quota (by default one is created when possible)")
     parser.add_argument("--allow-network", action="store_true",
                         help="run even if the network cannot be cut (the summary says so)")
     parser.add_argument("--out-dir", type=Path, default=REPO / "dist" / "judge",
@@ -363,17 +404,26 @@ def make_limits(args: argparse.Namespace) -> Limits:
     for tool, needed in (("taskset", not args.all_cpus), ("prlimit", args.memory_kind != "none")):
         if needed and shutil.which(tool) is None:
             raise ValueError(f"'{tool}' not found on PATH (util-linux); it enforces a judge limit")
-    return Limits(network, None if args.all_cpus else args.cpu, int(args.memory_gb * 1e9), args.memory_kind,
-                  args.time_limit)
+    limits = Limits(network, None if args.all_cpus else args.cpu, int(args.memory_gb * 1e9), args.memory_kind,
+                    args.time_limit)
+    if not args.no_cpu_quota and not args.all_cpus:
+        try:
+            limits.quota = create_cpu_quota_cgroup(f"zeroshot-judge-{os.getpid()}", 1.0)
+            logger.info("1-CPU quota: %s", format_quota(limits.quota.describe()))
+        except (OSError, ValueError) as exc:
+            limits.quota_note = f"cannot create a cgroup with a CPU quota here ({exc}); only the affinity pin applies"
+            logger.warning("%s", limits.quota_note)
+    return limits
 
 
 def judge(args: argparse.Namespace, limits: Limits, work: Path) -> Dict[str, Any]:
     """Unpack, set up, predict, evaluate; returns the summary (see format_summary)."""
     out_dir = args.out_dir.resolve()
     out_dir.mkdir(parents=True, exist_ok=True)
-    pred_path = out_dir / "predictions.json"
-    if pred_path.exists():
-        pred_path.unlink()
+    pred_path, report_path = out_dir / "predictions.json", out_dir / REPORT_NAME
+    for stale in (pred_path, report_path):
+        if stale.exists():
+            stale.unlink()
     root = work / "submission"
     summary: Dict[str, Any] = {"archive": str(args.archive), "datasets": str(args.datasets_dir),
                                "limits": limits.describe(), "steps": {}, "problems": [], "warnings": []}
@@ -382,23 +432,32 @@ def judge(args: argparse.Namespace, limits: Limits, work: Path) -> Dict[str, Any
     if unexpected:
         summary["warnings"].append(f"unexpected entries at the archive's root: {unexpected}")
     env = clean_env(python_shim(args.python.absolute(), work / "bin"), work / "home")
-    inside = summary["inside"] = probe(limits, env, PROBE_LIMITS)
+    inside = summary["inside"] = probe(limits, env, PROBE_LIMITS, str(root))
     summary["problems"] += limit_problems(inside, limits)
     if summary["problems"]:
         return summary
     deadline = time.monotonic() + limits.time_limit
     steps = [("setup.sh", [str(root / "setup.sh")]),
-             ("predict.sh", [str(root / "predict.sh"), str(args.datasets_dir.resolve()), str(pred_path)])]
+             ("predict.sh", [str(root / "predict.sh"), str(args.datasets_dir.resolve()), str(pred_path),
+                             "--report", str(report_path)])]
     for name, cmd in steps:
         step = run_step(name, limits.prefix() + cmd, root, env, deadline - time.monotonic(),
                         out_dir / f"{name.split('.')[0]}.log")
         summary["steps"][name] = asdict(step)
         summary["problems"] += step_problems(step, limits)
+        if not step.ok and name == "predict.sh":
+            summary["warnings"].append("scoring what predict.sh left on disk (the best answer so far)")
+            break
         if not step.ok:
             return summary
         if name == "setup.sh":
             check_versions(summary, limits, env, root)
     finish(summary, args, pred_path)
+    if report_path.is_file():
+        try:
+            summary["run_report"] = read_report(report_path)
+        except ValueError as exc:
+            summary["warnings"].append(str(exc))
     return summary
 
 
@@ -463,6 +522,8 @@ def main(argv: Optional[List[str]] = None) -> int:
         logger.error("%s", exc)
         return 2
     finally:
+        if limits.quota is not None:
+            remove_cgroup(limits.quota)
         if args.keep:
             logger.info("kept the unpacked archive in %s", work / "submission")
         else:
@@ -470,6 +531,7 @@ def main(argv: Optional[List[str]] = None) -> int:
     summary["passed"] = not summary["problems"]
     sys.stdout.write(format_summary(summary) + "\n")
     summary.pop("report_table", None)
+    summary.pop("run_report", None)
     write_json_atomic(args.out_dir / "summary.json", summary)
     logger.info("wrote %s", args.out_dir / "summary.json")
     return 0 if summary["passed"] else 1

@@ -198,6 +198,13 @@ def test_judge_passes_the_archive_with_the_plain_run_predictions(dev_archive: Pa
         assert inside["interfaces"] in ([], ["lo"])
     assert read_json(tmp_path / "j" / "predictions.json") == read_json(plain_run)
     assert all(s["returncode"] == 0 and not s["timed_out"] for s in summary["steps"].values())
+    assert "cpu quota    " in out and "runtime sees 1 CPU(s)" in out
+    if "not applied" not in summary["limits"]["cpu_quota"]:  # root with cgroups: the quota is what the runtime sees
+        assert inside["effective_cpus"]["cgroup_quota"]["cpus"] == 1, inside
+        assert "100000/100000 us" in out and "cgroup quota inside: 1 CPU (cgroup-v" in out
+    report = read_json(tmp_path / "j" / "report.json")
+    assert report["threads"] == 1 and report["status"] == "done" and sorted(report["datasets"]) == ["animals", "things"]
+    assert "animals" in out and "tiers: full 5" in out
 
 
 def test_judge_fails_when_predictions_differ_from_the_reference(dev_archive: Path, datasets, plain_run: Path,

@@ -1,4 +1,4 @@
-"""The time budget: cheaper paths when the projected finish passes it, and a complete JSON."""
+"""The time budget: cheaper tiers when the projected finish passes it, and a complete JSON."""
 
 from __future__ import annotations
 
@@ -60,5 +60,5 @@ def test_tiny_budget_still_writes_complete_json(tiny_model: Path, tmp_path: Path
     assert proc.returncode == 0, proc.stderr
     preds = read_json(out)
     assert {k: sorted(v) for k, v in preds.items()} == {k: sorted(v) for k, v in truth.items()}
-    assert "switching to the prior path" in proc.stderr
+    assert "switching to the prior tier" in proc.stderr
     assert "prior=" in proc.stderr

@@ -24,9 +24,10 @@ from typing import Any, Dict, List, Sequence, Tuple
 
 import numpy as np
 
-from zeroshot.encoders import available_cpus, make_session
+from zeroshot.encoders import make_session
 from zeroshot.manifest import load_manifest, resolve_file, sha256_file
 from zeroshot.pipeline import decode_one
+from zeroshot.resources import effective_cpus
 
 logger = logging.getLogger(__name__)
 
@@ -44,7 +45,7 @@ class ImageTower:
         self.cfg: Dict[str, Any] = self.manifest["image"]
         self.path = resolve_file(self.manifest, self.dir, "image_encoder")
         self.sha256: str = self.manifest["files"]["image_encoder"]["sha256"]
-        self.threads = threads or available_cpus()
+        self.threads = threads or effective_cpus().cpus
         self.session = make_session(self.path, self.threads)
         outputs = [o.name for o in self.session.get_outputs()]
         if self.cfg["output"] not in outputs:

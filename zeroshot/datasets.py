@@ -2,6 +2,14 @@
 
 Datasets are the subdirectories holding a ``classes.json``; listings are
 sorted; an image id is the file name without its last extension.
+
+File and folder names that are not valid UTF-8 (an archive unzipped from
+CP866/CP1251) keep their ids: Python decodes them with ``surrogateescape``
+(each bad byte becomes a lone surrogate U+DC80..U+DCFF), the image is read
+through the same name, and the JSON writer spells the surrogate as a
+``\\udcXX`` escape (what ``json.dumps`` writes by default), so a scorer that
+lists the folder in Python gets the same key. Lone surrogates in class names
+(valid JSON, but not text) become U+FFFD, with a warning.
 """
 
 from __future__ import annotations
@@ -39,6 +47,22 @@ class Dataset:
         """bool (C,): classes that may be predicted (empty names and repeats masked)."""
         return class_mask(self.classes)
 
+    def prior_class(self) -> int:
+        """The class an image gets before any inference: the first one that may be predicted."""
+        return int(np.argmax(self.class_mask()))
+
+
+def has_surrogates(text: str) -> bool:
+    """True if ``text`` holds a lone surrogate (a name that is not valid UTF-8, or a JSON "\\ud800")."""
+    return any("\ud800" <= ch <= "\udfff" for ch in text)
+
+
+def clean_text(text: str) -> str:
+    """``text`` with every lone surrogate replaced by U+FFFD (valid pairs cannot occur in a Python str)."""
+    if not has_surrogates(text):
+        return text
+    return "".join("\ufffd" if "\ud800" <= ch <= "\udfff" else ch for ch in text)
+
 
 def image_id(path: Path) -> str:
     """The judge's id of an image: its file name without the last extension ("a.b.jpg" -> "a.b")."""
@@ -66,7 +90,11 @@ def read_classes(path: Path) -> List[str]:
     bad = [i for i, v in enumerate(data) if not isinstance(v, str)]
     if bad:
         raise DatasetError(f"{path}: class names must be strings; entries {bad[:5]} are not")
-    return list(data)
+    broken = [i for i, v in enumerate(data) if has_surrogates(v)]
+    if broken:
+        logger.warning("%s: class names %s hold lone surrogates (not text); they are replaced by U+FFFD",
+                       path, broken[:5])
+    return [clean_text(v) for v in data]
 
 
 def class_mask(classes: List[str]) -> np.ndarray:
@@ -92,10 +120,14 @@ def list_images(img_dir: Path) -> Tuple[List[Path], List[str], List[str]]:
     problems: List[str] = []
     if not img_dir.is_dir():
         return [], [], [f"{img_dir}: no img/ folder; the dataset has no images"]
+    try:
+        entries = sorted(img_dir.iterdir(), key=lambda p: p.name)
+    except OSError as exc:
+        return [], [], [f"{img_dir}: cannot list the img/ folder ({exc.strerror or exc}); the dataset has no images"]
     images: List[Path] = []
     ids: List[str] = []
     taken = set()
-    for path in sorted(img_dir.iterdir(), key=lambda p: p.name):
+    for path in entries:
         if path.name.startswith(".") or not path.is_file():
             continue
         key = image_id(path)
@@ -117,9 +149,13 @@ def discover(root: Path) -> Tuple[List[Dataset], List[str]]:
     """
     if not root.is_dir():
         raise FileNotFoundError(f"{root}: datasets directory not found")
+    try:
+        subs = sorted(root.iterdir(), key=lambda p: p.name)
+    except OSError as exc:
+        raise FileNotFoundError(f"{root}: cannot list the datasets directory: {exc}") from exc
     datasets: List[Dataset] = []
     problems: List[str] = []
-    for sub in sorted(root.iterdir(), key=lambda p: p.name):
+    for sub in subs:
         if sub.name.startswith(".") or not sub.is_dir():
             continue
         classes_path = sub / CLASSES_FILE

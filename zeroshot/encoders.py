@@ -2,34 +2,42 @@
 
 :class:`Model` loads ``manifest.json``, checks every model file's sha256 and
 opens onnxruntime sessions with thread counts that follow the CPUs this
-process may use. Nothing here knows which model it runs.
+process may really use (:func:`zeroshot.resources.effective_cpus`: affinity
+mask and cgroup quota). With one CPU the intra-op threads do not spin: a
+spinning worker burns the quota the decoding and the main thread need.
+Prompts are capped in characters and tokens, so any class name costs bounded
+time and memory. Nothing here knows which model it runs.
 """
 
 from __future__ import annotations
 
 import logging
-import os
 from pathlib import Path
 from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 
 from .manifest import load_manifest, resolve_file
+from .resources import effective_cpus
 from .text import build_prompts, load_tokenizer
 
 logger = logging.getLogger(__name__)
 
 
-def available_cpus() -> int:
-    """CPUs this process may run on (affinity mask, e.g. under ``taskset -c 0``)."""
-    try:
-        return max(1, len(os.sched_getaffinity(0)))
-    except (AttributeError, OSError):
-        return max(1, os.cpu_count() or 1)
+# Prompts longer than this are cut before tokenising (bounds the tokenizer's time on any input).
+MAX_PROMPT_CHARS = 1024
+# Token cap per prompt when the manifest's tokenizer fixes no context length (bounds the
+# text encoder's memory, which grows with the square of the length in attention).
+MAX_PROMPT_TOKENS = 64
+TEXT_BATCH = 64
 
 
-def make_session(path: Path, threads: int) -> Any:
-    """An onnxruntime CPU session using ``threads`` intra-op threads."""
+def make_session(path: Path, threads: int, spinning: Optional[bool] = None) -> Any:
+    """An onnxruntime CPU session using ``threads`` intra-op threads.
+
+    ``spinning``: let idle intra-op threads spin-wait (default: only with more
+    than one thread); one inter-op thread, sequential execution.
+    """
     import onnxruntime as ort
 
     opts = ort.SessionOptions()
@@ -38,6 +46,9 @@ def make_session(path: Path, threads: int) -> Any:
     opts.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
     opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
     opts.log_severity_level = 3
+    spin = threads > 1 if spinning is None else spinning
+    opts.add_session_config_entry("session.intra_op.allow_spinning", "1" if spin else "0")
+    opts.add_session_config_entry("session.inter_op.allow_spinning", "1" if spin else "0")
     try:
         return ort.InferenceSession(str(path), sess_options=opts, providers=["CPUExecutionProvider"])
     except Exception as exc:
@@ -58,22 +69,25 @@ class Model:
     """Image encoder, text encoder and tokenizer described by one manifest."""
 
     def __init__(self, model_dir: Path, threads: Optional[int] = None, verify: bool = True,
-                 variant: Optional[str] = None) -> None:
-        """``variant``: a name from the manifest's ``variants`` (e.g. "int8") whose files replace the defaults."""
+                 variant: Optional[str] = None, spinning: Optional[bool] = None) -> None:
+        """``threads``: onnxruntime intra-op threads (default: the effective CPUs); ``spinning``: see
+        :func:`make_session`; ``variant``: a name from the manifest's ``variants`` (e.g. "int8")
+        whose files replace the defaults."""
         self.dir = Path(model_dir)
         self.manifest: Dict[str, Any] = load_manifest(self.dir)
-        self.threads = threads or available_cpus()
+        self.threads = threads or effective_cpus().cpus
+        self.variant = variant
         img_path = resolve_file(self.manifest, self.dir, "image_encoder", verify, variant)
         txt_path = resolve_file(self.manifest, self.dir, "text_encoder", verify, variant)
         self.image_cfg: Dict[str, Any] = self.manifest["image"]
         self.text_cfg: Dict[str, Any] = self.manifest["text"]
         self.tokenizer = load_tokenizer(self.manifest, self.dir, verify, variant)
-        self._image = make_session(img_path, self.threads)
+        self._image = make_session(img_path, self.threads, spinning)
         self._image_outputs = [self.image_cfg["output"]] + ([self.image_cfg["features_output"]]
                                                            if self.image_cfg.get("features_output") else [])
         for name in self._image_outputs:
             _check_io(self._image, img_path, [self.image_cfg["input"]], name)
-        self._text = make_session(txt_path, self.threads)
+        self._text = make_session(txt_path, self.threads, spinning)
         text_inputs = [self.text_cfg["input_ids"]] + ([self.text_cfg["attention_mask"]]
                                                      if self.text_cfg.get("attention_mask") else [])
         _check_io(self._text, txt_path, text_inputs, self.text_cfg["output"])
@@ -93,12 +107,26 @@ class Model:
         arrays = [np.asarray(o, dtype=np.float32).reshape(len(pixels), -1) for o in outs]
         return arrays[0], arrays[-1]
 
-    def encode_texts(self, texts: Sequence[str], batch: int = 64) -> np.ndarray:
+    def token_batch(self, texts: Sequence[str]) -> Tuple[np.ndarray, np.ndarray]:
+        """int64 (len(texts), L) ids and mask, each prompt cut to MAX_PROMPT_CHARS characters and
+        to the tokenizer's context length (MAX_PROMPT_TOKENS if it fixes none), EOS kept."""
+        ids, mask = self.tokenizer.batch([t[:MAX_PROMPT_CHARS] for t in texts])
+        cap = self.tokenizer.context_length or MAX_PROMPT_TOKENS
+        if ids.shape[1] <= cap:
+            return ids, mask
+        lengths = mask.sum(axis=1)
+        ids, mask = ids[:, :cap].copy(), mask[:, :cap].copy()
+        eos = self.tokenizer.eos_id
+        if eos is not None:
+            ids[lengths > cap, cap - 1] = eos
+        return ids, mask
+
+    def encode_texts(self, texts: Sequence[str], batch: int = TEXT_BATCH) -> np.ndarray:
         """Prompts -> float32 (len(texts), D) text vectors, ``batch`` prompts per run."""
         cfg = self.text_cfg
         chunks: List[np.ndarray] = []
         for start in range(0, len(texts), batch):
-            ids, mask = self.tokenizer.batch(texts[start:start + batch])
+            ids, mask = self.token_batch(texts[start:start + batch])
             feeds = {cfg["input_ids"]: ids}
             if cfg.get("attention_mask"):
                 feeds[cfg["attention_mask"]] = mask

@@ -12,8 +12,9 @@ from __future__ import annotations
 
 import logging
 import warnings
+from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, Dict, Optional, Tuple
+from typing import Any, Dict, Iterator, Optional, Tuple
 
 import numpy as np
 from PIL import Image, ImageOps
@@ -24,6 +25,9 @@ logger = logging.getLogger(__name__)
 # enforce our own limit on what is actually decoded (after JPEG draft mode).
 Image.MAX_IMAGE_PIXELS = None
 MAX_DECODE_PIXELS = 64_000_000
+# Formats decoded by the JPEG decoder, which can decode at 1/2, 1/4 or 1/8 scale (draft mode);
+# MPO is a JPEG with extra frames (phone cameras), which Pillow reports under its own name.
+DRAFT_FORMATS = ("JPEG", "MPO")
 
 _RESAMPLE = {
     "nearest": Image.NEAREST,
@@ -59,31 +63,50 @@ def _to_rgb(img: Image.Image) -> Image.Image:
     return img.convert("RGB")
 
 
+@contextmanager
+def _open_draft(path: Path, target: int) -> Iterator[Image.Image]:
+    """Open ``path`` lazily (header only), warnings off, JPEG/MPO set to decode at reduced size."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        with Image.open(path) as img:
+            if img.format in DRAFT_FORMATS:
+                img.draft("RGB", (target, target))
+            yield img
+
+
 def load_image(path: Path, target: int) -> Image.Image:
     """Decode ``path`` into an RGB image whose shorter side is about >= ``target``.
 
-    JPEGs are decoded through draft mode at the smallest DCT scale that keeps
-    both sides >= ``target``; the first frame of an animation is used. Raises
-    ImageError (with the path and the reason) for anything that cannot be
-    decoded or would need more than MAX_DECODE_PIXELS pixels.
+    JPEGs (and MPO, the multi-picture JPEG of phone cameras) are decoded through
+    draft mode at the smallest DCT scale that keeps both sides >= ``target``;
+    the first frame of an animation is used. Raises ImageError (with the path
+    and the reason) for anything that cannot be decoded or would need more than
+    MAX_DECODE_PIXELS pixels.
     """
     try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            with Image.open(path) as img:
-                if img.format == "JPEG":
-                    img.draft("RGB", (target, target))
-                width, height = img.size
-                if width * height > MAX_DECODE_PIXELS:
-                    raise ImageError(f"{path}: {width}x{height} {img.format} image is too large to decode "
-                                     f"safely (limit {MAX_DECODE_PIXELS} pixels)")
-                img.load()
-                img = ImageOps.exif_transpose(img)
-                return _to_rgb(img)
+        with _open_draft(path, target) as img:
+            width, height = img.size
+            if width * height > MAX_DECODE_PIXELS:
+                raise ImageError(f"{path}: {width}x{height} {img.format} image is too large to decode "
+                                 f"safely (limit {MAX_DECODE_PIXELS} pixels)")
+            img.load()
+            return _to_rgb(ImageOps.exif_transpose(img))
     except ImageError:
         raise
     except Exception as exc:  # Pillow raises many types for broken files
         raise ImageError(f"{path}: cannot decode image: {type(exc).__name__}: {exc}") from exc
+
+
+def decoded_pixels(path: Path, target: int) -> int:
+    """Pixels :func:`load_image` will decode for ``path`` (after draft mode), from the header only.
+
+    0 if the header cannot be read (load_image then raises the ImageError).
+    """
+    try:
+        with _open_draft(path, target) as img:
+            return int(img.size[0]) * int(img.size[1])
+    except Exception:  # Pillow raises many types for broken files
+        return 0
 
 
 def crop_box(width: int, height: int, resize: str, size: Optional[int] = None) -> Tuple[float, float, float, float]:

@@ -1,34 +1,45 @@
 """Predicting every image of every dataset within the time budget.
 
-Decoding and preprocessing run in a thread pool (Pillow releases the GIL) a
-few batches ahead of onnxruntime, which runs the image encoder batch by batch.
-Class prompts are encoded once per dataset. Every image gets a class: one
-that cannot be decoded, or that the budget sends down the ``prior`` path,
-gets its dataset's most likely class.
+Decoding and preprocessing run either in a thread pool a few batches ahead of
+onnxruntime (Pillow releases the GIL), or inline in the main thread when one
+CPU is all there is (then threads would only fight over it). The pixels being
+decoded at once are bounded by a :class:`~zeroshot.resources.PixelBudget`, so
+memory does not grow with the thread count. Class prompts are encoded once per
+dataset, inside the budget. Every image gets a class: one that cannot be
+decoded, or that the budget sends down the ``prior`` tier, gets its dataset's
+most likely class. When the budget switches to the prior tier (or a stop is
+requested, e.g. by SIGTERM), queued decodes are cancelled and nothing waits for
+work that will not be used.
 """
 
 from __future__ import annotations
 
 import logging
+import threading
 import time
 from collections import deque
-from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import CancelledError, Future, ThreadPoolExecutor, TimeoutError
+from contextlib import nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Deque, Dict, List, Optional, Tuple
+from typing import Any, Callable, Deque, Dict, List, Optional, Tuple
 
 import numpy as np
 
-from .budget import FAST, FULL, PRIOR, Budget
+from .budget import FULL, PRIOR, TIERS, Budget, cheaper
 from .datasets import Dataset
 from .encoders import Model
-from .images import ImageError, load_image, preprocess
+from .images import ImageError, decoded_pixels, load_image, preprocess
+from .resources import PixelBudget
 from .scoring import class_logits, predict
 
 logger = logging.getLogger(__name__)
 
 LOOKAHEAD_BATCHES = 2
 PROGRESS_EVERY_S = 10.0
+POLL_S = 0.1  # how often a wait for decodes checks the deadline and the stop flag
+
+Decoded = Tuple[Optional[np.ndarray], Optional[str]]
 
 
 @dataclass
@@ -38,36 +49,77 @@ class DatasetResult:
     name: str
     predictions: Dict[str, int]
     seconds: float
+    classes: int = 0
     problems: List[str] = field(default_factory=list)
-    paths: Dict[str, int] = field(default_factory=dict)
+    tiers: Dict[str, int] = field(default_factory=lambda: {tier: 0 for tier in TIERS})
+    busy_s: float = 0.0  # seconds of prompt encoding and image batches (the rest is per-dataset overhead)
 
 
-def decode_one(path: Path, cfg: Dict[str, Any], size: int) -> Tuple[Optional[np.ndarray], Optional[str]]:
-    """(float32 (3, size, size) array, None) for a good image, (None, message) for a bad one."""
+def decode_one(path: Path, cfg: Dict[str, Any], size: int, pixels: Optional[PixelBudget] = None) -> Decoded:
+    """(float32 (3, size, size) array, None) for a good image, (None, message) for a bad one.
+
+    Holds the image's decoded pixel count in ``pixels`` (if given) while it decodes.
+    """
     try:
-        return preprocess(load_image(path, size), cfg, size), None
+        with pixels.hold(decoded_pixels(path, size)) if pixels is not None else nullcontext():
+            return preprocess(load_image(path, size), cfg, size), None
     except ImageError as exc:
         return None, str(exc)
-    except Exception as exc:  # a bug or an exotic file must not stop the run
+    except Exception as exc:  # a bug or an exotic file (MemoryError too) must not stop the run
         return None, f"{path}: cannot preprocess image: {type(exc).__name__}: {exc}"
+
+
+class Decoder:
+    """Decodes images in a thread pool (``workers`` >= 1) or inline when they are waited for (0)."""
+
+    def __init__(self, workers: int, pixels: PixelBudget) -> None:
+        self.workers = workers
+        self.pixels = pixels
+        self.lookahead = LOOKAHEAD_BATCHES if workers > 0 else 0
+        self._pool = ThreadPoolExecutor(workers, thread_name_prefix="decode") if workers > 0 else None
+        self._inline: Dict["Future[Decoded]", Callable[[], Decoded]] = {}
+
+    def submit(self, path: Path, cfg: Dict[str, Any], size: int) -> "Future[Decoded]":
+        if self._pool is not None:
+            return self._pool.submit(decode_one, path, cfg, size, self.pixels)
+        future: "Future[Decoded]" = Future()
+        self._inline[future] = lambda: decode_one(path, cfg, size, self.pixels)
+        return future
+
+    def result(self, future: "Future[Decoded]", give_up: Callable[[], bool]) -> Optional[Decoded]:
+        """The decoded image, or None when ``give_up()`` turns true first (the future is then cancelled)."""
+        job = self._inline.pop(future, None)
+        if job is not None:
+            if give_up() or not future.set_running_or_notify_cancel():
+                return None
+            future.set_result(job())
+        while True:
+            try:
+                return future.result(timeout=POLL_S)
+            except TimeoutError:
+                if give_up():
+                    future.cancel()
+                    return None
+            except CancelledError:
+                return None
+
+    def cancel(self, futures: List["Future[Decoded]"]) -> None:
+        """Cancel what has not started (running decodes finish in the background, unused)."""
+        for future in futures:
+            future.cancel()
+            self._inline.pop(future, None)
+
+    def close(self) -> None:
+        if self._pool is not None:
+            self._pool.shutdown(wait=False)
 
 
 @dataclass
 class _Batch:
     start: int
     stop: int
-    path: str
-    futures: List["Future[Tuple[Optional[np.ndarray], Optional[str]]]"]
-
-
-def _submit(ds: Dataset, start: int, stop: int, path: str, model: Model, pool: ThreadPoolExecutor) -> _Batch:
-    """Queue the decoding of images start..stop-1 for ``path`` (nothing to decode on the prior path)."""
-    if path == PRIOR:
-        return _Batch(start, stop, path, [])
-    cfg = model.image_cfg
-    size = cfg["size"] if path == FULL else cfg["fast_size"]
-    futures = [pool.submit(decode_one, p, cfg, size) for p in ds.images[start:stop]]
-    return _Batch(start, stop, path, futures)
+    tier: str
+    futures: List["Future[Decoded]"]
 
 
 class _Progress:
@@ -85,68 +137,182 @@ class _Progress:
             logger.info("%s: %d/%d images, %.1f images/s", self.name, done, self.total, rate)
 
 
-def predict_dataset(ds: Dataset, model: Model, budget: Budget, pool: ThreadPoolExecutor,
-                    batch_size: int) -> DatasetResult:
-    """Predict one dataset; never raises for a bad image."""
+class _DatasetRun:
+    """The scores of one dataset filled batch by batch; unfinished rows fall back to the prior."""
+
+    def __init__(self, ds: Dataset, model: Model, budget: Budget, decoder: Decoder, batch_size: int,
+                 stop: threading.Event) -> None:
+        self.ds, self.model, self.budget, self.decoder = ds, model, budget, decoder
+        self.batch_size, self.stop = batch_size, stop
+        n = len(ds.images)
+        self.scores = np.zeros((n, len(ds.classes)), dtype=np.float32)
+        self.features: Optional[np.ndarray] = None
+        self.valid = np.zeros(n, dtype=bool)
+        self.tiers = {tier: 0 for tier in TIERS}
+        self.problems: List[str] = []
+        self.busy_s = 0.0  # seconds spent on prompts and batches (the rest is per-dataset overhead)
+
+    def give_up(self) -> bool:
+        return self.stop.is_set() or self.budget.past_deadline()
+
+    def _tier(self, images: int) -> str:
+        return PRIOR if self.stop.is_set() else self.budget.choose(images)
+
+    def _submit(self, start: int, stop: int, tier: str) -> _Batch:
+        if tier == PRIOR:
+            return _Batch(start, stop, tier, [])
+        cfg = self.model.image_cfg
+        size = cfg["size"] if tier == FULL else cfg["fast_size"]
+        return _Batch(start, stop, tier, [self.decoder.submit(p, cfg, size) for p in self.ds.images[start:stop]])
+
+    def _downgrade(self, queue: Deque[_Batch], tier: str) -> None:
+        """On a switch to the prior tier, queued batches are cancelled rather than waited for."""
+        if tier != PRIOR:
+            return
+        for batch in queue:
+            if cheaper(tier, batch.tier):
+                self.decoder.cancel(batch.futures)
+                batch.tier, batch.futures = PRIOR, []
+
+    def class_vectors(self) -> Optional[np.ndarray]:
+        """float32 (C, D) class vectors, or None when the budget leaves no time for this dataset."""
+        prompts = len(self.ds.classes) * len(self.model.text_cfg["templates"])
+        if self._tier(min(self.batch_size, len(self.ds.images))) == PRIOR:
+            self.budget.record_prompts(prompts, 0.0, encoded=False)
+            return None
+        started = time.monotonic()
+        try:
+            return self.model.class_vectors(self.ds.classes)
+        finally:
+            seconds = time.monotonic() - started
+            self.busy_s += seconds
+            self.budget.record_prompts(prompts, seconds)
+
+    def _encode(self, batch: _Batch, class_vecs: np.ndarray) -> int:
+        """Wait for a batch's decodes and score them; returns how many images got the batch's tier."""
+        decoded = [self.decoder.result(f, self.give_up) for f in batch.futures]
+        ok = []
+        for i, item in enumerate(decoded):
+            if item is None:
+                continue
+            arr, err = item
+            if err is not None:
+                logger.warning("%s; it gets the dataset's most likely class", err)
+                self.problems.append(err)
+            if arr is not None:
+                ok.append(i)
+        if ok:
+            rows = np.asarray(ok) + batch.start
+            vectors, feats = self.model.encode_images(np.stack([decoded[i][0] for i in ok]))
+            if self.features is None:
+                self.features = np.zeros((len(self.valid), feats.shape[1]), dtype=np.float32)
+            self.scores[rows] = class_logits(vectors, class_vecs, self.model.manifest["score"])
+            self.features[rows] = feats
+            self.valid[rows] = True
+        return sum(item is not None for item in decoded)
+
+    def run_batches(self, class_vecs: np.ndarray) -> None:
+        """Every batch, decoded ``decoder.lookahead`` batches ahead; records each in the budget."""
+        n = len(self.ds.images)
+        starts = list(range(0, n, self.batch_size))
+        queue: Deque[_Batch] = deque()
+        progress = _Progress(self.ds.name, n)
+        submitted = 0
+        try:
+            for _ in starts:
+                while len(queue) <= self.decoder.lookahead and submitted < len(starts):
+                    s = starts[submitted]
+                    stop = min(s + self.batch_size, n)
+                    tier = self._tier(stop - s)
+                    self._downgrade(queue, tier)
+                    queue.append(self._submit(s, stop, tier))
+                    submitted += 1
+                batch = queue.popleft()
+                mark = time.monotonic()
+                done = self._encode(batch, class_vecs) if batch.futures else 0
+                seconds = time.monotonic() - mark
+                self.busy_s += seconds
+                size = batch.stop - batch.start
+                self.budget.record(batch.tier, done, seconds)
+                self.budget.record(PRIOR, size - done, 0.0)
+                self.tiers[batch.tier] += done
+                self.tiers[PRIOR] += size - done
+                progress.update(batch.stop)
+        finally:
+            for batch in queue:
+                self.decoder.cancel(batch.futures)
+
+    def labels(self) -> np.ndarray:
+        """int64 (N,) classes: scored rows by the scores, the rest by the dataset's prior."""
+        return predict(self.scores, self.valid, self.ds.class_mask(), self.model.manifest.get("balance"),
+                       self.features, self.model.manifest.get("transductive"))
+
+
+def prior_result(ds: Dataset, started: float, problems: List[str]) -> DatasetResult:
+    """Every image of ``ds`` on the prior tier: the first class that may be predicted."""
+    first = ds.prior_class()
+    tiers = {tier: 0 for tier in TIERS}
+    tiers[PRIOR] = len(ds.images)
+    return DatasetResult(ds.name, {i: first for i in ds.ids}, time.monotonic() - started, len(ds.classes),
+                         problems, tiers)
+
+
+def predict_dataset(ds: Dataset, model: Model, budget: Budget, decoder: Decoder, batch_size: int,
+                    stop: Optional[threading.Event] = None) -> DatasetResult:
+    """Predict one dataset; never raises for a bad image, bad class names or a failing encoder."""
     started = time.monotonic()
-    n, problems = len(ds.images), list(ds.problems)
-    for problem in problems:
+    for problem in ds.problems:
         logger.warning("%s", problem)
-    if n == 0 or len(ds.classes) == 1:
-        budget.record(PRIOR, n, 0.0)
-        return DatasetResult(ds.name, {i: 0 for i in ds.ids}, time.monotonic() - started, problems, {PRIOR: n})
-    class_vecs = model.class_vectors(ds.classes)
-    scores = np.zeros((n, len(ds.classes)), dtype=np.float32)
-    features: Optional[np.ndarray] = None
-    valid = np.zeros(n, dtype=bool)
-    paths = {FULL: 0, FAST: 0, PRIOR: 0}
-    starts = list(range(0, n, batch_size))
-    queue: Deque[_Batch] = deque()
-    progress = _Progress(ds.name, n)
-    mark = time.monotonic()
-    for k in range(len(starts)):
-        while len(queue) <= LOOKAHEAD_BATCHES and k + len(queue) < len(starts):
-            s = starts[k + len(queue)]
-            stop = min(s + batch_size, n)
-            queue.append(_submit(ds, s, stop, budget.choose(stop - s), model, pool))
-        batch = queue.popleft()
-        if batch.futures:
-            decoded = [f.result() for f in batch.futures]
-            ok = [i for i, (arr, _) in enumerate(decoded) if arr is not None]
-            for arr, err in decoded:
-                if err is not None:
-                    logger.warning("%s; it gets the dataset's most likely class", err)
-                    problems.append(err)
-            if ok:
-                pixels = np.stack([decoded[i][0] for i in ok])
-                rows = np.asarray(ok) + batch.start
-                vectors, feats = model.encode_images(pixels)
-                if features is None:
-                    features = np.zeros((n, feats.shape[1]), dtype=np.float32)
-                scores[rows] = class_logits(vectors, class_vecs, model.manifest["score"])
-                features[rows] = feats
-                valid[rows] = True
-        now = time.monotonic()
-        budget.record(batch.path, batch.stop - batch.start, now - mark)
-        mark = now
-        paths[batch.path] += batch.stop - batch.start
-        progress.update(batch.stop)
-    labels = predict(scores, valid, ds.class_mask(), model.manifest.get("balance"), features,
-                     model.manifest.get("transductive"))
+    run = _DatasetRun(ds, model, budget, decoder, batch_size, stop or threading.Event())
+    result = _predict(run, started)
+    result.busy_s = run.busy_s
+    return result
+
+
+def _predict(run: _DatasetRun, started: float) -> DatasetResult:
+    ds, budget = run.ds, run.budget
+    if not ds.images or len(ds.classes) == 1:
+        budget.record_prompts(len(ds.classes) * len(run.model.text_cfg["templates"]), 0.0, encoded=False)
+        budget.record(PRIOR, len(ds.images), 0.0)
+        return prior_result(ds, started, list(ds.problems))
+    try:
+        class_vecs = run.class_vectors()
+        if class_vecs is None:
+            budget.record(PRIOR, len(ds.images), 0.0)
+            return prior_result(ds, started, list(ds.problems))
+        run.run_batches(class_vecs)
+        labels = run.labels()
+    except Exception as exc:  # one dataset's failure must not cost the others
+        message = f"{ds.root}: {type(exc).__name__}: {exc}; the dataset gets its prior class"
+        logger.error("%s", message)
+        budget.record(PRIOR, len(ds.images) - sum(run.tiers.values()), 0.0)
+        return prior_result(ds, started, ds.problems + run.problems + [message])
     preds = {image_id: int(label) for image_id, label in zip(ds.ids, labels)}
-    return DatasetResult(ds.name, preds, time.monotonic() - started, problems, paths)
+    return DatasetResult(ds.name, preds, time.monotonic() - started, len(ds.classes), ds.problems + run.problems,
+                         run.tiers)
 
 
-def run_all(datasets: List[Dataset], model: Model, budget: Budget, batch_size: int,
-            workers: int) -> List[DatasetResult]:
-    """Predict every dataset in order with one shared decoding pool."""
+def run_all(datasets: List[Dataset], model: Model, budget: Budget, batch_size: int, decoder: Decoder,
+            on_result: Optional[Callable[[DatasetResult], None]] = None,
+            stop: Optional[threading.Event] = None) -> List[DatasetResult]:
+    """Predict every dataset in order; ``on_result`` gets each result as soon as it is ready.
+
+    Everything outside prompts and image batches (listing, scoring, writing the
+    results) is recorded in the budget as per-dataset overhead.
+    """
     results: List[DatasetResult] = []
-    with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="decode") as pool:
+    try:
         for ds in datasets:
-            res = predict_dataset(ds, model, budget, pool, batch_size)
+            started = time.monotonic()
+            res = predict_dataset(ds, model, budget, decoder, batch_size, stop)
             n = len(res.predictions)
-            logger.info("%s: %d images, %d classes, %.1f s, %.1f images/s (paths %s)", ds.name, n,
+            logger.info("%s: %d images, %d classes, %.1f s, %.1f images/s (tiers %s)", ds.name, n,
                         len(ds.classes), res.seconds, n / max(res.seconds, 1e-9),
-                        ", ".join(f"{k}={v}" for k, v in res.paths.items() if v))
+                        ", ".join(f"{k}={v}" for k, v in res.tiers.items() if v))
             results.append(res)
+            if on_result is not None:
+                on_result(res)
+            budget.record_dataset(time.monotonic() - started - res.busy_s)
+    finally:
+        decoder.close()
     return results
