@@ -131,6 +131,8 @@ def predict_dataset(ds: Dataset, model: Model, budget: Budget, pool: ThreadPoolE
         mark = now
         paths[batch.path] += batch.stop - batch.start
         progress.update(batch.stop)
+    if model.head is not None:
+        scores = model.head.adjust(ds.classes, scores, features, valid, model.text_cfg.get("normalize", []))
     labels = predict(scores, valid, ds.class_mask(), model.manifest.get("balance"), features,
                      model.manifest.get("transductive"))
     preds = {image_id: int(label) for image_id, label in zip(ds.ids, labels)}
