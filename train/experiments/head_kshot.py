@@ -1,0 +1,118 @@
+"""k-shot accuracy curves of the trained head on the dev set (k = 0 is zero-shot), averaged over seeds.
+
+For each seed and k, k images per class are drawn for training and every other
+image is the test set. Every row is scored on the same test images:
+
+- zero-shot: the runtime as predict.sh runs it (scores, Sinkhorn, prototypes), and its plain argmax;
+- head (zero-shot + correction, the default of ``zeroshot.head train``): through the same
+  prediction path as predict.sh with the head, and its plain argmax;
+- plain logistic regression (``--no-zero-shot``): through predict.sh's path, and argmax.
+
+Image vectors are encoded once (:func:`zeroshot.embed.embed_images`); heads are trained
+with :func:`zeroshot.head.train_head`, exactly as the command does.
+
+Usage: ``python -m train.experiments.head_kshot [--seeds 5] [--l2 0.001]``; prints a Markdown table.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import sys
+from typing import Dict, List, Optional
+
+import numpy as np
+
+from zeroshot.command import make_parser, parse_args
+from zeroshot.datasets import class_mask
+from zeroshot.embed import embed_images, similarity
+from zeroshot.encoders import Model
+from zeroshot.head import Encoded, train_head
+from zeroshot.scoring import predict
+
+from .devset import REPO, labelled
+
+logger = logging.getLogger(__name__)
+
+KS = (0, 1, 2, 4, 8, 16)
+COLUMNS = ("zero-shot (predict.sh)", "zero-shot argmax", "head (predict.sh)", "head argmax", "plain LR (predict.sh)",
+           "plain LR argmax")
+
+
+def pipeline_accuracy(model: Model, scores: np.ndarray, features: np.ndarray, labels: np.ndarray,
+                      classes: List[str]) -> float:
+    """Accuracy of the runtime's decision (balance + transductive from the manifest) on (N, C) scores."""
+    valid = np.ones(len(scores), dtype=bool)
+    pred = predict(scores, valid, class_mask(classes), model.manifest.get("balance"), features,
+                   model.manifest.get("transductive"))
+    return float(np.mean(pred == labels))
+
+
+def split(labels: np.ndarray, k: int, rng: np.random.Generator) -> np.ndarray:
+    """bool (N,): True for k random training images per class."""
+    train = np.zeros(len(labels), dtype=bool)
+    for c in np.unique(labels):
+        idx = np.flatnonzero(labels == c)
+        train[rng.choice(idx, size=min(k, len(idx)), replace=False)] = True
+    return train
+
+
+def run(model: Model, seeds: int, l2: float) -> Dict[int, Dict[str, List[float]]]:
+    """{k: {column: [accuracy per seed]}}."""
+    classes, paths, label_list = labelled()
+    labels = np.asarray(label_list)
+    emb = embed_images(model, paths)
+    if not emb.valid.all():
+        raise ValueError("some dev images did not decode")
+    scores = similarity(model, emb.vectors, model.class_vectors(classes))
+    steps = model.text_cfg.get("normalize", [])
+    results: Dict[int, Dict[str, List[float]]] = {k: {c: [] for c in COLUMNS} for k in KS}
+    for seed in range(seeds):
+        for k in KS:
+            train = split(labels, k, np.random.default_rng(seed))
+            test = ~train
+            s, f, y = scores[test], emb.features[test], labels[test]
+            row = results[k]
+            row["zero-shot (predict.sh)"].append(pipeline_accuracy(model, s, f, y, classes))
+            row["zero-shot argmax"].append(float(np.mean(np.argmax(s, axis=1) == y)))
+            if k == 0:
+                continue
+            data = Encoded(emb.vectors[train], emb.features[train], None, labels[train])
+            head = train_head(model, classes, data, zero_shot=True, l2=l2)
+            adjusted = head.adjust(classes, s, f, np.ones(len(s), dtype=bool), steps)
+            row["head (predict.sh)"].append(pipeline_accuracy(model, adjusted, f, y, classes))
+            row["head argmax"].append(float(np.mean(np.argmax(adjusted, axis=1) == y)))
+            plain = train_head(model, classes, data, zero_shot=False, l2=l2)
+            plain_scores = plain.logits(plain.features(f))
+            row["plain LR (predict.sh)"].append(pipeline_accuracy(model, plain_scores, f, y, classes))
+            row["plain LR argmax"].append(float(np.mean(np.argmax(plain_scores, axis=1) == y)))
+            logger.info("seed %d k %d: %s", seed, k, {c: round(v[-1], 4) for c, v in row.items() if v})
+    return results
+
+
+def table(results: Dict[int, Dict[str, List[float]]]) -> str:
+    """Markdown: one row per k, mean accuracy x 100 (± std over seeds) per column."""
+    lines = ["| k per class | " + " | ".join(COLUMNS) + " |", "|---" * (len(COLUMNS) + 1) + "|"]
+    for k, row in results.items():
+        cells = [f"{100 * np.mean(v):.2f} ± {100 * np.std(v):.2f}" if v else "—" for v in (row[c] for c in COLUMNS)]
+        lines.append(f"| {k} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def main(argv: Optional[List[str]] = None) -> int:
+    parser = make_parser("python -m train.experiments.head_kshot", __doc__.split("\n")[0])
+    parser.add_argument("--model", default=str(REPO / "model"))
+    parser.add_argument("--seeds", type=int, default=5)
+    parser.add_argument("--l2", type=float, default=1e-3)
+    parser.add_argument("--json-out", default=None)
+    args = parse_args(parser, argv)
+    results = run(Model(args.model), args.seeds, args.l2)
+    sys.stdout.write(table(results) + "\n")
+    if args.json_out:
+        with open(args.json_out, "w", encoding="utf-8") as handle:
+            json.dump({str(k): v for k, v in results.items()}, handle, indent=1)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
