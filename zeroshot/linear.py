@@ -26,6 +26,7 @@ from typing import Any, Dict, List, Optional, Sequence
 import numpy as np
 
 from .manifest import resolve_file
+from .outputs import atomic_open
 from .scoring import softmax, unit_features
 from .text import normalize_name
 
@@ -129,7 +130,7 @@ def save_head(head: Head, path: Path) -> None:
     """Write the head's weights and settings to ``path`` (.npz)."""
     meta = {"zero_shot": head.zero_shot, "image_log": head.image_log, "text_log": head.text_log,
             "text_dim": head.text_dim}
-    with open(path, "wb") as handle:
+    with atomic_open(path, "wb") as handle:
         np.savez(handle, weights=head.weights.astype(np.float32), bias=head.bias.astype(np.float32),
                  classes=np.array(head.classes, dtype=str), meta=np.array(json.dumps(meta)))
 

@@ -5,22 +5,23 @@ from __future__ import annotations
 import json
 import os
 import tempfile
+from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, Dict
+from typing import IO, Any, Dict, Iterator
 
 Predictions = Dict[str, Dict[str, int]]
 
 
-def write_json_atomic(path: Path, data: Any) -> None:
-    """Write UTF-8 JSON to ``path`` through a temp file in the same folder and a rename."""
+@contextmanager
+def atomic_open(path: Path, mode: str = "w") -> Iterator[IO[Any]]:
+    """A temp file beside ``path`` ("w": UTF-8 text, "wb": bytes), renamed onto ``path`` if the block succeeds."""
     path = Path(path)
     folder = path.parent if str(path.parent) else Path(".")
     folder.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=str(folder))
     try:
-        with os.fdopen(fd, "w", encoding="utf-8") as handle:
-            json.dump(data, handle, ensure_ascii=False, indent=1, sort_keys=True)
-            handle.write("\n")
+        with os.fdopen(fd, mode, encoding=None if "b" in mode else "utf-8") as handle:
+            yield handle
             handle.flush()
             os.fsync(handle.fileno())
         os.replace(tmp, path)
@@ -28,6 +29,13 @@ def write_json_atomic(path: Path, data: Any) -> None:
         if os.path.exists(tmp):
             os.unlink(tmp)
         raise
+
+
+def write_json_atomic(path: Path, data: Any) -> None:
+    """Write UTF-8 JSON to ``path`` through a temp file in the same folder and a rename."""
+    with atomic_open(path) as handle:
+        json.dump(data, handle, ensure_ascii=False, indent=1, sort_keys=True)
+        handle.write("\n")
 
 
 def read_predictions(path: Path) -> Predictions:

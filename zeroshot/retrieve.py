@@ -20,9 +20,7 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-import os
 import sys
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Dict, List, Optional, Sequence, Tuple
@@ -34,6 +32,7 @@ from .command import make_parser, parse_args
 from .embed import Progress, embed_images, embed_texts, read_pairs, similarity, walk_images
 from .encoders import Model
 from .manifest import sha256_file
+from .outputs import atomic_open
 
 logger = logging.getLogger(__name__)
 
@@ -70,19 +69,11 @@ def model_signature(model: Model, variant: Optional[str]) -> str:
 def save_index(index: Index, path: Path) -> None:
     """Write ``index`` to ``path`` atomically (temp file in the same folder + rename)."""
     meta = {"format": INDEX_FORMAT, "root": str(index.root), "signature": index.signature}
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=str(path.parent))
-    try:
-        with os.fdopen(fd, "wb") as handle:
-            np.savez(handle, vectors=index.vectors.astype(np.float32),
-                     paths=np.array(index.paths, dtype=str), sha256=np.array(index.sha256, dtype=str),
-                     sizes=np.array(index.sizes, dtype=np.int64), mtimes=np.array(index.mtimes, dtype=np.int64),
-                     meta=np.array(json.dumps(meta)))
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
+    with atomic_open(path, "wb") as handle:
+        np.savez(handle, vectors=index.vectors.astype(np.float32),
+                 paths=np.array(index.paths, dtype=str), sha256=np.array(index.sha256, dtype=str),
+                 sizes=np.array(index.sizes, dtype=np.int64), mtimes=np.array(index.mtimes, dtype=np.int64),
+                 meta=np.array(json.dumps(meta)))
 
 
 def load_index(path: Path) -> Index:
