@@ -36,7 +36,7 @@ def headed_model(tiny_model: Path, tmp_path_factory: pytest.TempPathFactory) -> 
     data = class_folders(root / "data", 6, seed=3)
     (data / CLASSES[0] / "broken.jpg").write_bytes(b"not an image")
     out = root / "model_with_head"
-    assert head_main(["--model", str(tiny_model), "train", str(data), str(out)]) == 0
+    assert head_main(["--model", str(tiny_model), "train", str(data), str(out), "--zero-shot"]) == 0
     return out
 
 
@@ -105,7 +105,7 @@ def test_csv_records_with_text_and_bad_rows(tiny_model: Path, tmp_path: Path) ->
     csv_path = tmp_path / "records.csv"
     csv_path.write_text("\n".join(rows) + "\n", encoding="utf-8")
     out = tmp_path / "model"
-    assert head_main(["--model", str(tiny_model), "train", str(csv_path), str(out), "--no-zero-shot"]) == 0
+    assert head_main(["--model", str(tiny_model), "train", str(csv_path), str(out)]) == 0
     manifest = load_manifest(out)
     assert manifest["head"]["text"] is True and manifest["head"]["zero_shot"] is False
     assert manifest["head"]["classes"] == CLASSES  # CSV: order of first appearance

@@ -1,6 +1,6 @@
 """Train a logistic-regression head on labelled images (and texts) into a model folder.
 
-Usage: ``python -m zeroshot.head train DATA OUT [--model DIR] [--l2 X] [--no-zero-shot]``.
+Usage: ``python -m zeroshot.head train DATA OUT [--model DIR] [--l2 X] [--zero-shot]``.
 
 DATA is a folder of class folders (``DATA/<class name>/*.jpg``, nested
 folders included) or a CSV with columns ``image,label`` and an optional
@@ -10,8 +10,9 @@ a new folder that gets the base model's files (hard links when possible) and
 its manifest. The head's weights go to ``OUT/head.npz`` and the manifest gets
 ``files.head`` and a ``head`` section (see :mod:`zeroshot.linear`);
 ``predict.sh --model OUT`` then uses the head for every dataset whose
-classes.json holds exactly the head's classes. By default the head learns a
-correction of the zero-shot scores (``--no-zero-shot``: a plain classifier).
+classes.json holds exactly the head's classes. By default the head is a plain classifier whose scores replace the
+zero-shot ones (the dev-set k-shot curves chose it); ``--zero-shot`` learns a
+correction added to the zero-shot scores instead.
 Unreadable images, empty labels and empty texts are reported and skipped
 (a record without text is trained on its image alone). A record with text is
 also seen without it, so the head works on images alone (as in predict.sh).
@@ -131,7 +132,7 @@ def encode_records(model: Model, records: Records) -> Encoded:
     return Encoded(emb.vectors, emb.features, text_vecs, labels)
 
 
-def train_head(model: Model, classes: List[str], data: Encoded, zero_shot: bool = True, l2: float = 1e-3,
+def train_head(model: Model, classes: List[str], data: Encoded, zero_shot: bool = False, l2: float = 1e-2,
                iterations: int = 500) -> Head:
     """Fit a head on encoded records; a record with text also counts once without it."""
     cfg = head_config(model.manifest)
@@ -193,7 +194,7 @@ def cmd_train(args: Any) -> int:
     if (counts == 0).any():
         missing = [records.classes[i] for i in np.flatnonzero(counts == 0)]
         logger.warning("classes without a usable image (learnt from zero-shot scores only): %s", missing)
-    head = train_head(model, records.classes, data, not args.no_zero_shot, args.l2, args.iterations)
+    head = train_head(model, records.classes, data, args.zero_shot, args.l2, args.iterations)
     info = {"l2": args.l2, "iterations": args.iterations, "records": int(len(data.labels)),
             "skipped": int(len(records.images) - len(data.labels))}
     path = write_head(model, head, args.out, info)
@@ -209,9 +210,10 @@ def build_parser() -> Any:
     p = sub.add_parser("train", help="fit a head on DATA and write it into the model folder OUT")
     p.add_argument("data", type=Path, help="a folder of class folders, or a CSV image,label[,text]")
     p.add_argument("out", type=Path, help="model folder to write (the base model's folder or a new one)")
-    p.add_argument("--l2", type=float, default=1e-3, help="L2 penalty on the weights (default: %(default)s)")
+    p.add_argument("--l2", type=float, default=1e-2, help="L2 penalty on the weights (default: %(default)s)")
     p.add_argument("--iterations", type=int, default=500, help="gradient steps (default: %(default)s)")
-    p.add_argument("--no-zero-shot", action="store_true", help="a plain classifier, not a correction of zero-shot")
+    p.add_argument("--zero-shot", action="store_true",
+                   help="learn a correction added to the zero-shot scores (default: a plain classifier)")
     return parser
 
 

@@ -141,9 +141,12 @@ def build_index(model: Model, root: Path, signature: str, old: Optional[Index]) 
 
 
 def top_k(scores: np.ndarray, k: int) -> np.ndarray:
-    """Indices of the ``k`` highest of a 1-D array, best first (stable on ties)."""
-    order = np.argsort(-scores, kind="stable")
-    return order[:k]
+    """Indices of the ``k`` highest of a 1-D array, best first (ties by index); O(N) selection, then a sort of k."""
+    if k < len(scores):
+        chosen = np.argpartition(-scores, k - 1)[:k]
+    else:
+        chosen = np.arange(len(scores))
+    return chosen[np.lexsort((chosen, -scores[chosen]))]
 
 
 def _write_line(obj: Dict[str, Any]) -> None:

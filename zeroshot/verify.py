@@ -214,7 +214,7 @@ def verdict(claim: Claim, score: Optional[float], threshold: float) -> Dict[str,
             "true": None if present is None else present != claim.negated}
 
 
-def read_threshold(path: Path, explicit: bool) -> float:
+def read_threshold(path: Path, explicit: bool, model_name: str = "") -> float:
     """The calibrated threshold in ``path``; DEFAULT_THRESHOLD with a warning when there is none."""
     if not path.is_file():
         if explicit:
@@ -223,15 +223,19 @@ def read_threshold(path: Path, explicit: bool) -> float:
                        path, DEFAULT_THRESHOLD)
         return DEFAULT_THRESHOLD
     try:
-        return float(json.loads(path.read_text(encoding="utf-8"))["threshold"])
+        saved = json.loads(path.read_text(encoding="utf-8"))
+        threshold = float(saved["threshold"])
     except (ValueError, KeyError, TypeError) as exc:
         raise ValueError(f"{path}: expected a JSON object with a numeric 'threshold': {exc}") from exc
+    if model_name and saved.get("model") not in (None, model_name):
+        logger.warning("%s was calibrated with model %r, not %r; recalibrate", path, saved.get("model"), model_name)
+    return threshold
 
 
 def cmd_verify(args: Any, model: Model) -> int:
     """One JSON line per claim; an unreadable image or an empty object gives present/score/true null."""
     calibration = args.calibration or (args.model / CALIBRATION_NAME)
-    threshold = read_threshold(calibration, args.calibration is not None)
+    threshold = read_threshold(calibration, args.calibration is not None, model.manifest.get("name", ""))
     claims = [parse_claim(t) for t in args.claims]
     emb = embed_images(model, [args.image])
     objects = [c.object for c in claims if c.object]
