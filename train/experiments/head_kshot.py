@@ -12,7 +12,11 @@ image is the test set. Every row is scored on the same test images:
 Image vectors are encoded once (:func:`zeroshot.embed.embed_images`); heads are trained
 with :func:`zeroshot.head.train_head`, exactly as the command does.
 
-Usage: ``python -m train.experiments.head_kshot [--seeds 5] [--l2 0.01]``; prints a Markdown table.
+``--end-to-end WORK`` also runs the commands themselves once (seed 0, k = 8): ``zeroshot.head
+train`` on class folders of the training images, then ``predict.py`` with and without the head on
+the other images laid out as a judge dataset, scored with the contest metric.
+
+Usage: ``python -m train.experiments.head_kshot [--seeds 5] [--l2 0.01] [--end-to-end WORK]``; prints a Markdown table.
 """
 
 from __future__ import annotations
@@ -20,18 +24,22 @@ from __future__ import annotations
 import json
 import logging
 import sys
+from pathlib import Path
 from typing import Dict, List, Optional
 
 import numpy as np
 
+from zeroshot.cli import main as predict_main
 from zeroshot.command import make_parser, parse_args
 from zeroshot.datasets import class_mask
 from zeroshot.embed import embed_images, similarity
 from zeroshot.encoders import Model
-from zeroshot.head import Encoded, train_head
+from zeroshot.evaluate import evaluate
+from zeroshot.head import Encoded, main as head_main, train_head
+from zeroshot.outputs import read_predictions
 from zeroshot.scoring import predict
 
-from .devset import REPO, labelled
+from .devset import REPO, class_folders, labelled
 
 logger = logging.getLogger(__name__)
 
@@ -88,6 +96,32 @@ def run(model: Model, seeds: int, l2: float) -> Dict[int, Dict[str, List[float]]
     return results
 
 
+def end_to_end(work: Path, model_dir: Path, k: int = 8, seed: int = 0) -> Dict[str, float]:
+    """Contest score of predict.py on the test images with the base model and with a head trained by the command."""
+    classes, paths, label_list = labelled()
+    labels = np.asarray(label_list)
+    train = split(labels, k, np.random.default_rng(seed))
+    class_folders(work / "train", classes, [p for p, t in zip(paths, train) if t], labels[train].tolist())
+    test_root = work / "test"
+    img = test_root / "caltech101" / "img"
+    img.mkdir(parents=True, exist_ok=True)
+    (test_root / "caltech101" / "classes.json").write_text(json.dumps(classes, ensure_ascii=False), encoding="utf-8")
+    gt = {"caltech101": {}}
+    for path, label in zip([p for p, t in zip(paths, train) if not t], labels[~train].tolist()):
+        if not (img / path.name).exists():
+            (img / path.name).symlink_to(path.resolve())
+        gt["caltech101"][path.stem] = int(label)
+    if head_main(["--model", str(model_dir), "train", str(work / "train"), str(work / "model")]) != 0:
+        raise RuntimeError("zeroshot.head train failed")
+    scores = {}
+    for name, model in (("zero-shot", model_dir), ("head", work / "model")):
+        out = work / f"{name}.json"
+        if predict_main([str(test_root), str(out), "--model", str(model)]) != 0:
+            raise RuntimeError(f"predict.py failed with {model}")
+        scores[name] = round(evaluate(gt, read_predictions(out)).score, 2)
+    return scores
+
+
 def table(results: Dict[int, Dict[str, List[float]]]) -> str:
     """Markdown: one row per k, mean accuracy x 100 (± std over seeds) per column."""
     lines = ["| k per class | " + " | ".join(COLUMNS) + " |", "|---" * (len(COLUMNS) + 1) + "|"]
@@ -103,7 +137,11 @@ def main(argv: Optional[List[str]] = None) -> int:
     parser.add_argument("--seeds", type=int, default=5)
     parser.add_argument("--l2", type=float, default=1e-2)
     parser.add_argument("--json-out", default=None)
+    parser.add_argument("--end-to-end", type=Path, default=None, help="work folder for the command-level check")
     args = parse_args(parser, argv)
+    if args.end_to_end is not None:
+        scores = end_to_end(args.end_to_end, Path(args.model))
+        sys.stdout.write(f"end to end (seed 0, k = 8, predict.py on the other images): {scores}\n")
     results = run(Model(args.model), args.seeds, args.l2)
     sys.stdout.write(table(results) + "\n")
     if args.json_out:
