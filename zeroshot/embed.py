@@ -3,7 +3,7 @@
 Everything goes through the runtime's own path: :func:`zeroshot.pipeline.decode_one`
 (load + preprocess, configured by the manifest), :meth:`Model.encode_images` and
 :meth:`Model.class_vectors` (the manifest's normalisation and templates), and
-:func:`zeroshot.scoring.logits` for every similarity. A file that cannot be
+:func:`zeroshot.scoring.class_logits` for every similarity. A file that cannot be
 decoded and an empty text are reported and skipped, never fatal.
 """
 
@@ -23,7 +23,7 @@ import numpy as np
 from .datasets import list_images
 from .encoders import Model
 from .pipeline import decode_one
-from .scoring import logits
+from .scoring import class_logits
 
 logger = logging.getLogger(__name__)
 
@@ -137,7 +137,7 @@ def similarity(model: Model, image_vecs: np.ndarray, text_vecs: np.ndarray) -> n
     """float32 (N, D) x (M, D) -> (N, M) scores as the manifest's score section says."""
     if len(image_vecs) == 0 or len(text_vecs) == 0:
         return np.zeros((len(image_vecs), len(text_vecs)), dtype=np.float32)
-    return logits(image_vecs, text_vecs, model.manifest["score"])
+    return class_logits(image_vecs, text_vecs, model.manifest["score"])
 
 
 def read_pairs(path: Path) -> Tuple[List[Tuple[str, str]], List[str]]:

@@ -31,7 +31,7 @@ from typing import Any, Dict, List, Optional
 
 import numpy as np
 
-from .cli import DEFAULT_MODEL_DIR
+from .limits import MODEL_DIR
 from .command import make_parser, parse_args
 from .embed import Progress, embed_images, embed_texts, similarity, walk_images
 from .encoders import Model
@@ -204,7 +204,7 @@ def cmd_train(args: Any) -> int:
 
 def build_parser() -> Any:
     parser = make_parser("python -m zeroshot.head", __doc__.split("\n")[0])
-    parser.add_argument("--model", type=Path, default=DEFAULT_MODEL_DIR, help="base model folder (default: %(default)s)")
+    parser.add_argument("--model", type=Path, default=MODEL_DIR, help="base model folder (default: %(default)s)")
     parser.add_argument("--threads", type=int, default=None, help="threads (default: CPUs this process may use)")
     sub = parser.add_subparsers(dest="command", required=True)
     p = sub.add_parser("train", help="fit a head on DATA and write it into the model folder OUT")

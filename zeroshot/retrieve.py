@@ -12,7 +12,7 @@ each file's size, mtime and sha256, and the model signature the vectors
 belong to. Re-indexing re-encodes only new or changed files (a file whose
 size and mtime match keeps its stored hash; a changed one is re-hashed, and
 a moved file with a known hash reuses its vector). Every similarity is the
-manifest's score (:func:`zeroshot.scoring.logits`), so any model folder works.
+manifest's score (:func:`zeroshot.scoring.class_logits`), so any model folder works.
 """
 
 from __future__ import annotations
@@ -27,7 +27,7 @@ from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 
-from .cli import DEFAULT_MODEL_DIR
+from .limits import MODEL_DIR
 from .command import make_parser, parse_args
 from .embed import Progress, embed_images, embed_texts, read_pairs, similarity, walk_images
 from .encoders import Model
@@ -308,7 +308,7 @@ def cmd_eval(args: Any, model: Model) -> int:
 
 def build_parser() -> Any:
     parser = make_parser("python -m zeroshot.retrieve", __doc__.split("\n")[0])
-    parser.add_argument("--model", type=Path, default=DEFAULT_MODEL_DIR, help="model folder (default: %(default)s)")
+    parser.add_argument("--model", type=Path, default=MODEL_DIR, help="model folder (default: %(default)s)")
     parser.add_argument("--variant", default=None, help="a manifest variant whose files replace the defaults")
     parser.add_argument("--threads", type=int, default=None, help="threads (default: CPUs this process may use)")
     sub = parser.add_subparsers(dest="command", required=True)

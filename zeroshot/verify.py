@@ -38,7 +38,7 @@ from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 
-from .cli import DEFAULT_MODEL_DIR
+from .limits import MODEL_DIR
 from .command import make_parser, parse_args
 from .embed import embed_images, embed_texts, similarity
 from .encoders import Model
@@ -270,7 +270,7 @@ def cmd_calibrate(args: Any, model: Model) -> int:
 
 def build_parser(calibrating: bool) -> Any:
     parser = make_parser("python -m zeroshot.verify", __doc__.split("\n")[0])
-    parser.add_argument("--model", type=Path, default=DEFAULT_MODEL_DIR, help="model folder (default: %(default)s)")
+    parser.add_argument("--model", type=Path, default=MODEL_DIR, help="model folder (default: %(default)s)")
     parser.add_argument("--threads", type=int, default=None, help="threads (default: CPUs this process may use)")
     if calibrating:
         parser.add_argument("command", choices=["calibrate"])

@@ -1,4 +1,4 @@
-"""The dev set (``../shared/devsets``) as labelled images, for the retrieval, verification and head measurements.
+"""The dev set (``zeroshot.limits.DEVSETS_DIR``) as labelled images, for the retrieval, verification and head measurements.
 
 The dev set is in the judge's layout (``<dataset>/classes.json``, ``img/``) with
 labels in ``gt.json``; these helpers list its images with their class index and
@@ -12,12 +12,10 @@ from pathlib import Path
 from typing import List, Tuple
 
 from zeroshot.datasets import discover
-
-REPO = Path(__file__).resolve().parent.parent.parent
-DEVSETS = REPO.parent / "shared" / "devsets"
+from zeroshot.limits import DEVSETS_DIR
 
 
-def labelled(data: Path = DEVSETS, dataset: str = "caltech101") -> Tuple[List[str], List[Path], List[int]]:
+def labelled(data: Path = DEVSETS_DIR, dataset: str = "caltech101") -> Tuple[List[str], List[Path], List[int]]:
     """(class names, image paths sorted by id, class index per image) of one dataset with a gt.json."""
     gt = json.loads((data / "gt.json").read_text(encoding="utf-8"))
     found = {ds.name: ds for ds in discover(data)[0]}

@@ -38,8 +38,9 @@ from zeroshot.evaluate import evaluate
 from zeroshot.head import Encoded, main as head_main, train_head
 from zeroshot.outputs import read_predictions
 from zeroshot.scoring import predict
+from zeroshot.limits import MODEL_DIR
 
-from .devset import REPO, class_folders, labelled
+from .devset import class_folders, labelled
 
 logger = logging.getLogger(__name__)
 
@@ -133,7 +134,7 @@ def table(results: Dict[int, Dict[str, List[float]]]) -> str:
 
 def main(argv: Optional[List[str]] = None) -> int:
     parser = make_parser("python -m train.experiments.head_kshot", __doc__.split("\n")[0])
-    parser.add_argument("--model", default=str(REPO / "model"))
+    parser.add_argument("--model", default=str(MODEL_DIR))
     parser.add_argument("--seeds", type=int, default=5)
     parser.add_argument("--l2", type=float, default=1e-2)
     parser.add_argument("--json-out", default=None)

@@ -31,8 +31,9 @@ from zeroshot.command import make_parser, parse_args
 from zeroshot.encoders import Model
 from zeroshot import retrieve
 from zeroshot.embed import embed_texts, similarity
+from zeroshot.limits import DEVSETS_DIR, MODEL_DIR
 
-from .devset import DEVSETS, REPO, labelled
+from .devset import labelled
 
 logger = logging.getLogger(__name__)
 
@@ -132,12 +133,12 @@ def run(work: Path, model_dir: Path, n_synthetic: int, n_queries: int) -> Dict[s
 def main(argv: Optional[List[str]] = None) -> int:
     parser = make_parser("python -m train.experiments.retrieval_dev", __doc__.split("\n")[0])
     parser.add_argument("--work", type=Path, required=True, help="folder for captions, indexes, generated images")
-    parser.add_argument("--model", type=Path, default=REPO / "model")
+    parser.add_argument("--model", type=Path, default=MODEL_DIR)
     parser.add_argument("--synthetic", type=int, default=10000, help="generated images for the timing (0: skip)")
     parser.add_argument("--queries", type=int, default=50)
     args = parse_args(parser, argv)
-    if not DEVSETS.is_dir():
-        logger.error("%s: dev set not found", DEVSETS)
+    if not DEVSETS_DIR.is_dir():
+        logger.error("%s: dev set not found", DEVSETS_DIR)
         return 2
     report = run(args.work, args.model, args.synthetic, args.queries)
     sys.stdout.write(json.dumps(report, ensure_ascii=False, indent=1) + "\n")

@@ -30,8 +30,9 @@ from zeroshot.command import make_parser, parse_args
 from zeroshot.embed import embed_images
 from zeroshot.encoders import Model
 from zeroshot.verify import ALTERNATIVES, Verifier, word_stem, claim_words, calibrate, parse_claim
+from zeroshot.limits import MODEL_DIR
 
-from .devset import REPO, labelled
+from .devset import labelled
 
 logger = logging.getLogger(__name__)
 
@@ -128,7 +129,7 @@ def evaluate(model: Model, vectors: np.ndarray, labels: np.ndarray, classes: Seq
 
 def main(argv: Optional[List[str]] = None) -> int:
     parser = make_parser("python -m train.experiments.verify_dev", __doc__.split("\n")[0])
-    parser.add_argument("--model", default=str(REPO / "model"))
+    parser.add_argument("--model", default=str(MODEL_DIR))
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--ablate-alternatives", action="store_true")
     args = parse_args(parser, argv)
