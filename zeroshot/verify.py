@@ -277,6 +277,8 @@ def build_parser(calibrating: bool) -> Any:
         parser.add_argument("data", type=Path, help="labelled class folders: DATA/<class name>/<images>")
         parser.add_argument("--out", type=Path, default=None, help="where to write (default: <model>/verify.json)")
     else:
+        parser.epilog = ("python -m zeroshot.verify calibrate DATA [--out FILE] writes the threshold from labelled "
+                         "class folders (see 'calibrate --help').")
         parser.add_argument("image", type=Path)
         parser.add_argument("claims", nargs="+", help="claims in Russian or English")
         parser.add_argument("--calibration", type=Path, default=None,
