@@ -133,3 +133,10 @@ def test_train_reports_unusable_data(tiny_model: Path, tmp_path: Path) -> None:
     (tmp_path / "only").mkdir()
     assert head_main(["--model", str(tiny_model), "train", str(tmp_path), str(tmp_path / "o")]) == 2
     assert head_main(["--model", str(tiny_model), "train", str(tmp_path / "nope"), str(tmp_path / "o")]) == 2
+
+
+def test_the_archive_ships_the_head(headed_model: Path) -> None:
+    from contest.bundle import model_entries
+
+    names = {entry.arcname for entry in model_entries(headed_model)}
+    assert "model/head.npz" in names and "model/manifest.json" in names
