@@ -92,3 +92,8 @@ def test_calibrate_then_verify(tiny_model: Path, tmp_path: Path, capsys: pytest.
     assert code == 1 and json.loads(captured.out)["score"] is None and "bad.jpg" in caplog.text
     assert verify.main(["--model", str(tiny_model), str(image), "кот", "--calibration",
                         str(tmp_path / "none.json")]) == 2
+    saved["model"] = "another-model"
+    out.write_text(json.dumps(saved), encoding="utf-8")
+    caplog.clear()
+    assert verify.main(["--model", str(tiny_model), str(image), "кот", "--calibration", str(out)]) == 0
+    assert "calibrated with model 'another-model'" in caplog.text
