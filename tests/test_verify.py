@@ -28,6 +28,7 @@ from zeroshot.scoring import softmax
     ("Это не «гаечный ключ»", "гаечный ключ", True),
     ("Ёж не отсутствует", "еж", False),
     ("на фото", "", False),
+    ("Absent from the photo: a cat", "cat", True),
 ])
 def test_parse_claim(text: str, obj: str, negated: bool) -> None:
     claim = verify.parse_claim(text)

@@ -60,7 +60,7 @@ FRAME_WORDS = frozenset((
     "присутствуют находится находятся ли действительно правда точно перед нами мы вы "
     "there is are was were a an the in on at this that these those picture pictures photo photograph image "
     "shot here shows show showing shown contains contain containing of it its i see can visible present "
-    "depicted depicts does do any some has have we you"
+    "depicted depicts does do any some has have we you from"
 ).split())
 _WORD = re.compile(r"[\w-]+")
 _QUOTED = re.compile(r"[«\"“](.+?)[»\"”]")

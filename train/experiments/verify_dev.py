@@ -12,7 +12,9 @@ The threshold is calibrated with :func:`zeroshot.verify.calibrate` on one half
 of the images (every class split in two) and the claims about the other half
 are judged with it, then the halves swap (2-fold), so no claim is judged with a
 threshold fitted on its own image. ``--ablate-alternatives`` also runs with every
-alternative concept sharing a word stem with a dev class name removed.
+alternative concept sharing a word stem with a dev class name removed; ``--english``
+also judges English claims with English class names (ENGLISH_NAMES, our translations),
+the threshold still calibrated on the Russian class names.
 
 Usage: ``python -m train.experiments.verify_dev [--seed 0]``; prints JSON and Markdown tables.
 """
@@ -40,6 +42,21 @@ POSITIVE = ("На фото {nom}", "На снимке есть {nom}", "Здес
             "На картинке можно увидеть {acc}", "There is a {nom} in the picture", "The photo shows {nom}")
 NEGATED = ("На фото нет {gen}", "Здесь нет {gen}", "{nom} {absent}", "Это не {nom}", "На снимке не видно {gen}",
            "There is no {nom} here", "{nom} is absent", "No {nom} in this image")
+# --english: English claims with English names (our translations of the dev set's 19 class names,
+# used only here; the calibration stays on the Russian class folders)
+ENGLISH_NAMES = {"инь и янь": ("a yin and yang", "yin and yang"), "лампа": ("a lamp", "lamp"),
+                 "вертолет": ("a helicopter", "helicopter"), "электрогитара": ("an electric guitar", "electric guitar"),
+                 "фотоаппарат": ("a camera", "camera"), "зонтик": ("an umbrella", "umbrella"),
+                 "ножницы": ("scissors", "scissors"), "револьвер": ("a revolver", "revolver"),
+                 "часы": ("a watch", "watch"), "ролики": ("inline skates", "inline skates"),
+                 "гаечный ключ": ("a wrench", "wrench"), "кружка": ("a mug", "mug"),
+                 "подсолнух": ("a sunflower", "sunflower"), "бабочка": ("a butterfly", "butterfly"),
+                 "мотоцикл": ("a motorcycle", "motorcycle"), "самолет": ("an airplane", "airplane"),
+                 "слон": ("an elephant", "elephant"), "краб": ("a crab", "crab"),
+                 "крокодил": ("a crocodile", "crocodile")}
+POSITIVE_EN = ("There is {a} in the picture", "The photo shows {a}", "I can see {a} here", "{a}", "This is {a}")
+NEGATED_EN = ("There is no {bare} here", "No {bare} in this image", "This is not {a}", "I don't see {a}",
+              "{bare} is absent from the photo")
 
 
 def inflect(name: str, case: str, morph: Any) -> str:
@@ -59,22 +76,29 @@ def forms(name: str, morph: Any) -> Dict[str, str]:
             "absent": "отсутствуют" if plural else "отсутствует"}
 
 
-def make_claims(labels: np.ndarray, classes: Sequence[str], seed: int) -> List[Tuple[int, str, str, bool, bool, str]]:
-    """(image row, claim, inserted phrase, negated, truth, template) — four claims per image."""
-    import pymorphy3
+def make_claims(labels: np.ndarray, classes: Sequence[str], seed: int,
+                english: bool = False) -> List[Tuple[int, str, str, bool, bool, str]]:
+    """(image row, claim, expected object phrase, negated, truth, template) — four claims per image."""
+    if english:
+        slots = [{"a": ENGLISH_NAMES[c][0], "bare": ENGLISH_NAMES[c][1]} for c in classes]
+        positive, negative = POSITIVE_EN, NEGATED_EN
+    else:
+        import pymorphy3
 
-    morph = pymorphy3.MorphAnalyzer()
-    slots = [forms(c, morph) for c in classes]
+        morph = pymorphy3.MorphAnalyzer()
+        slots = [forms(c, morph) for c in classes]
+        positive, negative = POSITIVE, NEGATED
     rng = np.random.default_rng(seed)
     claims = []
     for row, label in enumerate(labels):
         other = int(rng.choice([c for c in range(len(classes)) if c != label]))
         for cls, negated in ((int(label), False), (other, False), (int(label), True), (other, True)):
-            template = str(rng.choice(NEGATED if negated else POSITIVE))
-            slot = next(k for k in ("gen", "acc", "nom") if "{" + k + "}" in template)
+            template = str(rng.choice(negative if negated else positive))
+            slot = next(k for k in ("gen", "acc", "nom", "bare", "a") if "{" + k + "}" in template)
             text = template.format(**slots[cls])
             text = text[0].upper() + text[1:]
-            claims.append((row, text, slots[cls][slot], negated, (cls == label) != negated, template))
+            expected = slots[cls]["bare"] if english else slots[cls][slot]
+            claims.append((row, text, expected, negated, (cls == label) != negated, template))
     return claims
 
 
@@ -89,10 +113,10 @@ def halves(labels: np.ndarray, seed: int) -> np.ndarray:
 
 
 def evaluate(model: Model, vectors: np.ndarray, labels: np.ndarray, classes: Sequence[str], seed: int,
-             alternatives: Sequence[str]) -> Dict[str, Any]:
+             alternatives: Sequence[str], english: bool = False) -> Dict[str, Any]:
     """Two-fold calibration + judging; accuracy, confusion table, per-template accuracy, parse accuracy."""
     verifier = Verifier(model, alternatives)
-    claims = make_claims(labels, classes, seed)
+    claims = make_claims(labels, classes, seed, english)
     parsed = [parse_claim(c[1]) for c in claims]
     fold = halves(labels, seed)
     predicted = np.zeros(len(claims), dtype=bool)
@@ -132,6 +156,7 @@ def main(argv: Optional[List[str]] = None) -> int:
     parser.add_argument("--model", default=str(MODEL_DIR))
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--ablate-alternatives", action="store_true")
+    parser.add_argument("--english", action="store_true", help="also English claims with English class names")
     args = parse_args(parser, argv)
     model = Model(args.model)
     classes, paths, label_list = labelled()
@@ -142,6 +167,8 @@ def main(argv: Optional[List[str]] = None) -> int:
         dev_stems = {word_stem(w) for c in classes for w in claim_words(c)}
         kept = [a for a in ALTERNATIVES if not {word_stem(w) for w in claim_words(a)} & dev_stems]
         report["without dev-class alternatives"] = evaluate(model, emb.vectors, labels, classes, args.seed, kept)
+    if args.english:
+        report["english claims"] = evaluate(model, emb.vectors, labels, classes, args.seed, ALTERNATIVES, english=True)
     sys.stdout.write(json.dumps(report, ensure_ascii=False, indent=1) + "\n")
     return 0
 
