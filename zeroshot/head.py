@@ -21,6 +21,7 @@ also seen without it, so the head works on images alone (as in predict.sh).
 from __future__ import annotations
 
 import csv
+import json
 import logging
 import os
 import shutil
@@ -35,9 +36,9 @@ from .limits import MODEL_DIR
 from .command import make_parser, parse_args
 from .embed import Progress, embed_images, embed_texts, similarity, walk_images
 from .encoders import Model
-from .linear import HEAD_KEY, Head, fit_logistic, head_config, head_features, save_head
+from .linear import HEAD_KEY, Head, fit_logistic, head_config, head_features
 from .manifest import MANIFEST_NAME, sha256_file, validate_manifest
-from .outputs import write_json_atomic
+from .outputs import atomic_open, write_json_atomic
 
 logger = logging.getLogger(__name__)
 
@@ -150,6 +151,15 @@ def train_head(model: Model, classes: List[str], data: Encoded, zero_shot: bool 
     logger.info("head: %d classes, %d training rows, %d features, training accuracy %.3f", len(classes), len(y),
                 x.shape[1], train_acc)
     return head
+
+
+def save_head(head: Head, path: Path) -> None:
+    """Write the head's weights and settings to ``path`` (.npz)."""
+    meta = {"zero_shot": head.zero_shot, "image_log": head.image_log, "text_log": head.text_log,
+            "text_dim": head.text_dim}
+    with atomic_open(path, "wb") as handle:
+        np.savez(handle, weights=head.weights.astype(np.float32), bias=head.bias.astype(np.float32),
+                 classes=np.array(head.classes, dtype=str), meta=np.array(json.dumps(meta)))
 
 
 def _place_model(base: Path, out: Path, manifest: Dict[str, Any]) -> None:

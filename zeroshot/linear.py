@@ -26,7 +26,6 @@ from typing import Any, Dict, List, Optional, Sequence
 import numpy as np
 
 from .manifest import resolve_file
-from .outputs import atomic_open
 from .scoring import softmax, unit_features
 from .text import normalize_name
 
@@ -126,17 +125,8 @@ def head_config(manifest: Dict[str, Any]) -> Dict[str, bool]:
             "text_log": manifest["score"]["logit"] == "log"}
 
 
-def save_head(head: Head, path: Path) -> None:
-    """Write the head's weights and settings to ``path`` (.npz)."""
-    meta = {"zero_shot": head.zero_shot, "image_log": head.image_log, "text_log": head.text_log,
-            "text_dim": head.text_dim}
-    with atomic_open(path, "wb") as handle:
-        np.savez(handle, weights=head.weights.astype(np.float32), bias=head.bias.astype(np.float32),
-                 classes=np.array(head.classes, dtype=str), meta=np.array(json.dumps(meta)))
-
-
 def read_head(path: Path) -> Head:
-    """Read a head written by :func:`save_head`; ValueError naming the file if it is not one."""
+    """Read a head written by :func:`zeroshot.head.save_head`; ValueError naming the file if it is not one."""
     try:
         with np.load(path, allow_pickle=False) as data:
             meta = json.loads(str(data["meta"]))
