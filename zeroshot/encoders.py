@@ -17,6 +17,7 @@ from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 
+from .linear import load_head
 from .manifest import load_manifest, resolve_file
 from .resources import effective_cpus
 from .text import build_prompts, load_tokenizer
@@ -91,6 +92,7 @@ class Model:
         text_inputs = [self.text_cfg["input_ids"]] + ([self.text_cfg["attention_mask"]]
                                                      if self.text_cfg.get("attention_mask") else [])
         _check_io(self._text, txt_path, text_inputs, self.text_cfg["output"])
+        self.head = load_head(self.dir, self.manifest, verify)
 
     @property
     def batch_size(self) -> int:

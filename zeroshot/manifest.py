@@ -21,7 +21,7 @@ logger = logging.getLogger(__name__)
 MANIFEST_NAME = "manifest.json"
 FORMAT_VERSION = 1
 FILE_KEYS = ("image_encoder", "text_encoder", "tokenizer")
-OPTIONAL_FILE_KEYS = ("tokenizer_id_map",)
+OPTIONAL_FILE_KEYS = ("tokenizer_id_map", "head")
 TOKENIZER_TYPES = ("sentencepiece", "hf_tokenizers")
 PADDING_SIDES = ("right", "left")
 RESIZE_MODES = ("center_crop", "resize_center_crop", "crop_square", "squash")
@@ -161,6 +161,18 @@ def _check_transductive(section: Optional[Dict[str, Any]], path: Path) -> None:
     _require(isinstance(mpc, (int, float)) and mpc >= 0, path, "transductive.min_images_per_class must be >= 0")
 
 
+def _check_head(section: Optional[Dict[str, Any]], files: Dict[str, Any], path: Path) -> None:
+    """The optional trained head (zeroshot.linear): its classes, and its file in ``files.head``."""
+    if section is None:
+        return
+    entry = files.get("head")
+    _require(isinstance(entry, dict) and isinstance(entry.get("path"), str) and isinstance(entry.get("sha256"), str),
+             path, "a head section needs files.head with 'path' and 'sha256'")
+    classes = section.get("classes")
+    _require(isinstance(classes, list) and len(classes) > 1 and all(isinstance(c, str) and c.strip() for c in classes)
+             and len(set(classes)) == len(classes), path, "head.classes must be a list of 2+ distinct non-empty names")
+
+
 def validate_manifest(manifest: Dict[str, Any], path: Path) -> None:
     """Check the manifest's structure; raise ValueError naming the first problem."""
     _require(isinstance(manifest, dict), path, "top level must be an object")
@@ -174,6 +186,7 @@ def validate_manifest(manifest: Dict[str, Any], path: Path) -> None:
     _check_score(manifest["score"], path)
     _check_balance(manifest.get("balance"), path)
     _check_transductive(manifest.get("transductive"), path)
+    _check_head(manifest.get("head"), manifest["files"], path)
     variants = manifest.get("variants", {})
     _require(isinstance(variants, dict), path, "variants must be an object")
     for name, variant in variants.items():

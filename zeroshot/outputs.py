@@ -1,4 +1,4 @@
-"""Writing and reading the judge's JSON: {"<dataset>": {"<image id>": <class index>}}."""
+"""Writing and reading the judge's JSON: {"<dataset>": {"<image id>": <class index>}}, and atomic file writes."""
 
 from __future__ import annotations
 
@@ -6,8 +6,9 @@ import json
 import os
 import tempfile
 import threading
+from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, Dict
+from typing import IO, Any, Dict, Iterator
 
 Predictions = Dict[str, Dict[str, int]]
 _UMASK_LOCK = threading.Lock()
@@ -22,9 +23,9 @@ def _umask() -> int:
 
 
 def json_bytes(data: Any) -> bytes:
-    """UTF-8 JSON of ``data``; a lone surrogate (a name that was not valid UTF-8) is written as ``\\udcXX``.
+    r"""UTF-8 JSON of ``data``; a lone surrogate (a name that was not valid UTF-8) is written as ``\udcXX``.
 
-    ``backslashreplace`` turns a surrogate into the six characters ``\\udcXX``,
+    ``backslashreplace`` turns a surrogate into the six characters ``\udcXX``,
     which inside a JSON string is the escape for that same code point, so the
     file stays valid UTF-8 JSON and reads back to the same Python string.
     """
@@ -32,8 +33,9 @@ def json_bytes(data: Any) -> bytes:
     return text.encode("utf-8", errors="backslashreplace")
 
 
-def write_json_atomic(path: Path, data: Any, durable: bool = True) -> None:
-    """Write UTF-8 JSON to ``path`` through a temp file in the same folder and a rename.
+@contextmanager
+def atomic_open(path: Path, mode: str = "w", durable: bool = True) -> Iterator[IO[Any]]:
+    """A temp file beside ``path`` ("w": UTF-8 text, "wb": bytes), renamed onto ``path`` if the block succeeds.
 
     The file gets the usual permissions (0666 minus the umask, 0644 mostly), not
     mkstemp's 0600, so a scorer running as another user can read it.
@@ -43,11 +45,10 @@ def write_json_atomic(path: Path, data: Any, durable: bool = True) -> None:
     path = Path(path)
     folder = path.parent if str(path.parent) else Path(".")
     folder.mkdir(parents=True, exist_ok=True)
-    payload = json_bytes(data)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=str(folder))
     try:
-        with os.fdopen(fd, "wb") as handle:
-            handle.write(payload)
+        with os.fdopen(fd, mode, encoding=None if "b" in mode else "utf-8") as handle:
+            yield handle
             handle.flush()
             if durable:
                 os.fsync(handle.fileno())
@@ -57,6 +58,13 @@ def write_json_atomic(path: Path, data: Any, durable: bool = True) -> None:
         if os.path.exists(tmp):
             os.unlink(tmp)
         raise
+
+
+def write_json_atomic(path: Path, data: Any, durable: bool = True) -> None:
+    """Write UTF-8 JSON to ``path`` atomically (see :func:`atomic_open`)."""
+    payload = json_bytes(data)
+    with atomic_open(path, "wb", durable) as handle:
+        handle.write(payload)
 
 
 class PredictionsFile:

@@ -243,9 +243,17 @@ class _DatasetRun:
                 self.decoder.cancel(batch.futures)
 
     def labels(self) -> np.ndarray:
-        """int64 (N,) classes: scored rows by the scores, the rest by the dataset's prior."""
-        return predict(self.scores, self.valid, self.ds.class_mask(), self.model.manifest.get("balance"),
-                       self.features, self.model.manifest.get("transductive"))
+        """int64 (N,) classes: scored rows by the scores, the rest by the dataset's prior.
+
+        A trained head (the manifest's optional ``head``) whose classes match this
+        dataset's replaces or adjusts the zero-shot scores first.
+        """
+        scores, model = self.scores, self.model
+        if model.head is not None:
+            scores = model.head.adjust(self.ds.classes, scores, self.features, self.valid,
+                                       model.text_cfg.get("normalize", []))
+        return predict(scores, self.valid, self.ds.class_mask(), model.manifest.get("balance"),
+                       self.features, model.manifest.get("transductive"))
 
 
 def prior_result(ds: Dataset, started: float, problems: List[str]) -> DatasetResult:
