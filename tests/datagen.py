@@ -9,8 +9,6 @@ from typing import Dict, List, Sequence
 import numpy as np
 from PIL import Image
 
-REPO = Path(__file__).resolve().parent.parent
-
 COLORS = [(220, 30, 30), (30, 200, 40), (40, 60, 220), (230, 220, 40), (200, 40, 200), (40, 210, 210)]
 
 
