@@ -21,7 +21,7 @@ import numpy as np
 import pytest
 import torch
 
-from conftest import read_json, run_predict_sh
+from conftest import REPO, read_json, run_predict_sh
 from datagen import make_dataset
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -131,6 +131,25 @@ def test_open_clip_cli_contract_plain_variants_plan(ckpts: Path, datasets: Path,
     assert "size and time plan" in capsys.readouterr().out
     source = sources.load_source("open_clip", None, str(paths["config"]), paths["checkpoint"])
     check_predictions(model, source, datasets, tmp_path)
+    check_local_judge(model, datasets, tmp_path / "preds.json", tmp_path)
+
+
+def check_local_judge(model: Path, datasets: Path, reference: Path, tmp_path: Path) -> None:
+    """The archive with the exported model passes the local judge (vendored wheels when make vendor ran)."""
+    from contest import bundle, judge
+
+    archive = tmp_path / "submission.zip"
+    real = bool(list((REPO / "vendor").glob("onnxruntime-1.16.3-*.whl")))
+    wheels = ["--vendor", str(REPO / "vendor")] if real else ["--dev"]
+    assert bundle.main(["--model", str(model), *wheels, "--out", str(archive)]) == 0
+    net = [] if judge.find_network_isolation() else ["--allow-network"]
+    code = judge.main([str(archive), str(datasets), "--reference", str(reference), "--python", sys.executable,
+                       "--out-dir", str(tmp_path / "judge"), *net])
+    summary = read_json(tmp_path / "judge" / "summary.json")
+    assert code == 0 and summary["passed"], summary["problems"]
+    assert summary["reference"]["differ"] == 0 and summary["reference"]["compared"] == 14 * len(CLASSES)
+    if real:
+        assert summary["versions"]["onnxruntime"] == "1.16.3"
 
 
 def test_open_clip_hf_text_tower_with_trimmed_vocabulary(ckpts: Path, datasets: Path, tmp_path: Path) -> None:

@@ -132,3 +132,20 @@ def test_torchvision_stand_ins_import_and_refuse_use() -> None:
             transform.image_transform(224, is_train=False)
         import transformers.utils.import_utils as iu
         assert not iu.is_torchvision_available()
+
+
+def test_variants_are_dropped_from_the_manifest_when_the_archive_cannot_carry_them_all(tmp_path: Path) -> None:
+    """The archive ships every file the manifest names: over 700 MB together, only the default stays."""
+    for name, mb in (("image_encoder.onnx", 300), ("text_encoder.onnx", 500), ("text_encoder.int8.onnx", 150)):
+        with open(tmp_path / name, "wb") as handle:
+            handle.truncate(mb * 10 ** 6)  # sparse: the size is what counts
+    files = {"image_encoder": "image_encoder.onnx", "text_encoder": "text_encoder.int8.onnx"}
+    kept = {"fp32": {"image_encoder": "image_encoder.onnx", "text_encoder": "text_encoder.onnx"},
+            "fp32-int8text": dict(files)}
+    listed, record = build.fit_archive(tmp_path, files, kept, "fp32-int8text", tmp_path / "no-vendor")
+    assert listed == {"fp32-int8text": files} and record["dropped_variants"] == ["fp32"]
+    assert 450 < record["mb"] < 700 < record["mb_with_all_variants"]
+    small = {"image_encoder": "image_encoder.onnx", "text_encoder": "text_encoder.int8.onnx"}
+    listed, record = build.fit_archive(tmp_path, small, {"fp32-int8text": small}, "fp32-int8text",
+                                       tmp_path / "no-vendor")
+    assert record["dropped_variants"] == [] and listed == {"fp32-int8text": small}

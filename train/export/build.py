@@ -223,6 +223,27 @@ def choose_default(kept: Dict[str, Dict[str, str]], rows: Optional[List[Dict[str
     return best
 
 
+def fit_archive(out: Path, files: Dict[str, str], kept: Dict[str, Dict[str, str]], default: str,
+                vendor: Path) -> Tuple[Dict[str, Dict[str, str]], Dict[str, Any]]:
+    """Keep the other variants in the manifest only if the archive can carry them all.
+
+    The archive ships every file the manifest names (the default files and each
+    variant's); if together they exceed the 700 MB cap, only the default stays.
+    Returns (variants to list, record with the archive's size and what was dropped).
+    """
+    names = set(files.values()) | {f for v in kept.values() for f in v.values()}
+    extra = plan.runtime_mb(vendor)
+    total = extra + sum((out / n).stat().st_size for n in names) / 1e6
+    if total <= plan.CAP_MB:
+        return kept, {"mb": round(total, 1), "dropped_variants": []}
+    alone = extra + sum((out / n).stat().st_size for n in set(files.values())) / 1e6
+    dropped = sorted(v for v in kept if v != default)
+    logger.warning("all kept variants together need %.0f MB > %.0f MB: the manifest keeps only %s (%.0f MB); "
+                   "dropped %s", total, plan.CAP_MB, default, alone, dropped)
+    return {default: kept[default]}, {"mb": round(alone, 1), "dropped_variants": dropped,
+                                      "mb_with_all_variants": round(total, 1)}
+
+
 def export(source: Source, out: Path, opts: Options) -> Dict[str, Any]:
     """Write and validate the model folder ``out`` for ``source``; returns the manifest."""
     out = Path(out)
@@ -264,8 +285,9 @@ def export(source: Source, out: Path, opts: Options) -> Dict[str, Any]:
         for row in rows:
             row["kept"] = row["variant"] in kept
         validation["plan"] = rows
-    _remove_unused(out, kept)
     default = choose_default(kept, validation.get("plan"), opts.default_variant)
     files.update(kept[default])
+    kept, validation["archive"] = fit_archive(out, files, kept, default, opts.vendor)
+    _remove_unused(out, kept)
     sections["default_variant"] = default
     return write_manifest(out, files, {**sections, "validation": validation}, kept if len(kept) > 1 else None)
