@@ -70,8 +70,17 @@ def torch_predictions(source: sources.Source, root: Path, templates: List[str],
     return out
 
 
-def run_export(args: List[str], out: Path) -> dict:
-    assert cli.main(args + ["--out", str(out), "--images", IMAGES, "--log-level", "WARNING"]) == 0
+@pytest.fixture(scope="module")
+def dev_set(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A labelled datasets folder standing in for ../shared/devsets, so the tests need nothing outside the repo."""
+    root = tmp_path_factory.mktemp("export_dev") / "devsets"
+    make_dataset(root, "dev", ["кошка", "самолёт", "гаечный ключ"], int(IMAGES), seed=7)
+    return root
+
+
+def run_export(args: List[str], out: Path, dev_set: Path) -> dict:
+    assert cli.main(args + ["--out", str(out), "--images", IMAGES, "--dev-set", str(dev_set),
+                            "--log-level", "WARNING"]) == 0
     return load_manifest(out)
 
 
@@ -102,12 +111,13 @@ def check_predictions(model: Path, source: sources.Source, datasets: Path, tmp_p
     return share
 
 
-def test_open_clip_cli_contract_plain_variants_plan(ckpts: Path, datasets: Path, tmp_path: Path, capsys) -> None:
+def test_open_clip_cli_contract_plain_variants_plan(ckpts: Path, datasets: Path, dev_set: Path, tmp_path: Path,
+                                                    capsys) -> None:
     """The bar's command: --arch CONFIG.json --checkpoint FILE --templates '{}' --plain; variants and plan."""
     paths = rm.save_open_clip(ckpts / "oc", rm.TINY_VISION, rm.TINY_CLIP_TEXT, 16)
     model = tmp_path / "model"
     manifest = run_export(["--from", "open_clip", "--arch", str(paths["config"]), "--checkpoint",
-                           str(paths["checkpoint"]), "--templates", "{}", "--plain"], model)
+                           str(paths["checkpoint"]), "--templates", "{}", "--plain"], model, dev_set)
     check_validation(manifest)
     assert manifest["text"]["templates"] == ["{}"]
     assert "balance" not in manifest and "transductive" not in manifest
@@ -152,12 +162,13 @@ def check_local_judge(model: Path, datasets: Path, reference: Path, tmp_path: Pa
         assert summary["versions"]["onnxruntime"] == "1.16.3"
 
 
-def test_open_clip_hf_text_tower_with_trimmed_vocabulary(ckpts: Path, datasets: Path, tmp_path: Path) -> None:
+def test_open_clip_hf_text_tower_with_trimmed_vocabulary(ckpts: Path, datasets: Path, dev_set: Path, tmp_path: Path) -> None:
     """open_clip with an XLM-R text tower (local folder), vocabulary trimmed to the offline corpus."""
     paths = rm.save_open_clip_xlmr(ckpts / "ocx", rm.TINY_VISION, rm.TINY_XLMR, 16, tokenizer_vocab=800)
     model = tmp_path / "model"
     manifest = run_export(["--from", "open_clip", "--arch", str(paths["config"]), "--checkpoint",
-                           str(paths["checkpoint"]), "--trim-vocabulary", "--variants", "", "--no-plan"], model)
+                           str(paths["checkpoint"]), "--trim-vocabulary", "--variants", "", "--no-plan"],
+                          model, dev_set)
     check_validation(manifest)
     assert manifest["balance"] and manifest["text"]["templates"] == corpus.DEFAULT_TEMPLATES
     trim = manifest["validation"]["trim"]
@@ -182,11 +193,11 @@ def test_open_clip_hf_text_tower_with_trimmed_vocabulary(ckpts: Path, datasets: 
 
 
 @pytest.mark.parametrize("kind", ["clip", "siglip"])
-def test_hf_folder(kind: str, ckpts: Path, datasets: Path, tmp_path: Path) -> None:
+def test_hf_folder(kind: str, ckpts: Path, datasets: Path, dev_set: Path, tmp_path: Path) -> None:
     """transformers CLIPModel / SiglipModel save_pretrained folders (SigLIP: logit bias, pad to 16, squash)."""
     folder = rm.save_hf_clip(ckpts / kind) if kind == "clip" else rm.save_hf_siglip(ckpts / kind)
     model = tmp_path / "model"
-    manifest = run_export(["--from", "hf", str(folder), "--plain", "--variants", "", "--no-plan"], model)
+    manifest = run_export(["--from", "hf", str(folder), "--plain", "--variants", "", "--no-plan"], model, dev_set)
     check_validation(manifest)
     if kind == "siglip":
         assert "bias" in manifest["score"] and manifest["image"]["resize"] == "squash"
@@ -196,13 +207,13 @@ def test_hf_folder(kind: str, ckpts: Path, datasets: Path, tmp_path: Path) -> No
     check_predictions(model, sources.load_source("hf", folder), datasets, tmp_path)
 
 
-def test_mclip_with_hf_image_tower(ckpts: Path, datasets: Path, tmp_path: Path) -> None:
+def test_mclip_with_hf_image_tower(ckpts: Path, datasets: Path, dev_set: Path, tmp_path: Path) -> None:
     base = rm.save_xlmr(ckpts / "mclip-base", rm.TINY_XLMR)
     image = rm.save_hf_clip(ckpts / "mclip-image")
     folder = rm.save_mclip(ckpts / "mclip", base, image_dim=16)
     model = tmp_path / "model"
     manifest = run_export(["--from", "mclip", str(folder), "--image-from", str(image), "--mclip-base", str(base),
-                           "--plain", "--variants", "", "--no-plan"], model)
+                           "--plain", "--variants", "", "--no-plan"], model, dev_set)
     check_validation(manifest)
     assert manifest["text"]["attention_mask"] == "attention_mask" and not manifest["text"]["tokenizer"]["pad_to_context"]
     check_predictions(model, sources.load_source("mclip", folder, image_from=image), datasets, tmp_path)

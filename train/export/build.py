@@ -87,8 +87,12 @@ def _pixels(images: Sequence[Path], image_cfg: Dict[str, Any], n: int) -> np.nda
 
 
 def _trim(source: Source, out: Path, templates: Sequence[str], checks: Sequence[str],
-          tok_cfg: Dict[str, Any]) -> Tuple[np.ndarray, np.ndarray, Dict[str, Any]]:
-    """Trim the text tower's token table in place; write the id map; returns (id map, kept ids, record)."""
+          tok_cfg: Dict[str, Any], dev_set: Path) -> Tuple[np.ndarray, np.ndarray, Dict[str, Any]]:
+    """Trim the text tower's token table in place; write the id map; returns (id map, kept ids, record).
+
+    The record gives the token coverage of the templates, the check strings and
+    the class names of the datasets under ``dev_set`` (when it exists).
+    """
     if source.token_embedding is None or source.unk_id is None:
         raise ValueError(f"{source.name}: vocabulary trimming needs a tokenizer with an unknown token "
                          "(byte-level BPE has none: every id can occur)")
@@ -102,7 +106,7 @@ def _trim(source: Source, out: Path, templates: Sequence[str], checks: Sequence[
         raise ValueError(f"{source.name}: the pad id {pad} would move to row {int(id_map[pad])}")
     before, after = trim.trim_embedding(table, kept)
     np.save(out / trim.ID_MAP_FILE, id_map)
-    dev_names = [n for ds in discover(DEV_SET)[0] for n in ds.classes] if DEV_SET.is_dir() else []
+    dev_names = [n for ds in discover(dev_set)[0] for n in ds.classes] if Path(dev_set).is_dir() else []
     record = {"rows_before": before, "rows_after": after, "corpus": "train/vocab names + pymorphy3 inflections + "
               "templates (train/export/corpus.py)",
               "coverage_dev_names": trim.coverage(source.tokenize, dev_names, kept) if dev_names else None,
@@ -258,7 +262,7 @@ def export(source: Source, out: Path, opts: Options) -> Dict[str, Any]:
     validation: Dict[str, Any] = {}
     model_ids, rows = ids, np.arange(len(texts))
     if opts.trim_vocabulary:
-        id_map, kept_ids, validation["trim"] = _trim(source, out, opts.templates, texts, tok_cfg)
+        id_map, kept_ids, validation["trim"] = _trim(source, out, opts.templates, texts, tok_cfg, opts.dev_set)
         tok_cfg["id_map"] = files["tokenizer_id_map"] = trim.ID_MAP_FILE
         model_ids = id_map[ids].astype(np.int64)
         real = mask.astype(bool)
