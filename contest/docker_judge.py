@@ -476,13 +476,13 @@ def judge_in_docker(args: argparse.Namespace, out_dir: Path, scratch: Path) -> D
         run_in_container(container, args, summary, out_dir, scratch)
     finally:
         docker("rm", "--force", container, check=False)
-    pred_path = out_dir / "predictions.json"
-    if "predict.sh" in summary["steps"] and not summary["problems"]:
-        judge.finish(summary, args, pred_path)
+    predict = summary["steps"].get("predict.sh")
+    if predict and predict["returncode"] == 0 and not predict["timed_out"]:
+        judge.finish(summary, args, out_dir / "predictions.json")
     report_path = out_dir / "report.json"
     if report_path.is_file():
-        summary["runtime_report"] = json.loads(report_path.read_text(encoding="utf-8"))
-    summary["docker"]["threads"] = runtime_threads(summary.get("runtime_report"), out_dir / "predict.log")
+        summary["run_report"] = json.loads(report_path.read_text(encoding="utf-8"))
+    summary["docker"]["threads"] = runtime_threads(summary.get("run_report"), out_dir / "predict.log")
     return summary
 
 
@@ -495,7 +495,7 @@ def format_docker(summary: Dict[str, Any]) -> str:
     packages = (summary.get("inside") or {}).get("image_packages") or {}
     if packages:
         lines.append("image has    " + ", ".join(f"{k} {v or '-'}" for k, v in packages.items()))
-    if info.get("threads") is not None:
+    if info.get("threads") is not None and not summary.get("run_report"):
         lines.append(f"runtime      {info['threads']} threads")
     return "\n".join(lines)
 
