@@ -43,13 +43,14 @@ from dataclasses import asdict
 from pathlib import Path
 from typing import Any, Dict, List, Optional
 
+from zeroshot.limits import REPO_ROOT
+
 from . import judge  # judge imports this module too: use judge.X inside functions only
 
 logger = logging.getLogger(__name__)
 
-REPO = Path(__file__).resolve().parent.parent
-DOCKERFILE = REPO / "Dockerfile"
-BASE_RECIPE = REPO / "contest" / "judge_base.sh"
+DOCKERFILE = REPO_ROOT / "Dockerfile"
+BASE_RECIPE = REPO_ROOT / "contest" / "judge_base.sh"
 REGISTRY_BASE = "python:3.8-slim"
 LOCAL_BASE = "zeroshot-judge-base"
 JUDGE_IMAGE = "zeroshot-judge"
@@ -58,7 +59,7 @@ DOCKERD_LOG = Path(tempfile.gettempdir()) / "zeroshot-dockerd.log"
 ENGINE_START_S = 60.0
 PULL_TIMEOUT_S = 300.0
 TAG_CHARS = 16
-GIB = 1 << 30
+GIB = 1 << 30  # docker's "8g" (--memory-gb 8 becomes --memory=8g, 8 GiB, as the organisers' flags read)
 SUBMISSION = "/submission"
 DATA = "/data"
 ARCHIVE = "/in/submission.zip"
