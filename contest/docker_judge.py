@@ -65,6 +65,7 @@ DATA = "/data"
 ARCHIVE = "/in/submission.zip"
 OUT = "/judge-out"
 REPORT_OPTION = "--report"
+HELP_TIMEOUT_S = 60.0
 CGROUP_ROOT = Path("/sys/fs/cgroup")
 INSIDE_PEAK = ("cat /sys/fs/cgroup/memory/memory.max_usage_in_bytes 2>/dev/null"
                " || cat /sys/fs/cgroup/memory.peak")
@@ -401,6 +402,18 @@ def vendored_onnxruntime(archive: Path, python: str, scratch: Path) -> Optional[
     return judge.expected_onnxruntime(scratch, python)
 
 
+def accepts_report(container: str) -> bool:
+    """Whether the unpacked archive's ``./predict.sh --help`` lists ``--report`` (False if it does not answer)."""
+    try:
+        helped = docker("exec", "--workdir", SUBMISSION, container, "./predict.sh", "--help", check=False,
+                        timeout=HELP_TIMEOUT_S)
+    except subprocess.TimeoutExpired:
+        logger.warning("./predict.sh --help did not answer within %.0f s: running it without %s",
+                       HELP_TIMEOUT_S, REPORT_OPTION)
+        return False
+    return REPORT_OPTION in helped.stdout
+
+
 def runtime_threads(report: Optional[Dict[str, Any]], predict_log: Path) -> Optional[int]:
     """The thread count the runtime chose: its run report's "threads", else its log line "N threads"."""
     if report and isinstance(report.get("threads"), int):
@@ -447,17 +460,15 @@ def run_in_container(container: str, args: argparse.Namespace, summary: Dict[str
     if expected and versions.get("onnxruntime") != expected:
         summary["problems"].append(f"predict.sh would import onnxruntime {versions.get('onnxruntime')} "
                                    f"({versions.get('onnxruntime_path')}), not the vendored {expected}")
-    helped = docker("exec", "--workdir", SUBMISSION, container, "./predict.sh", "--help", check=False)
-    report = REPORT_OPTION in helped.stdout
-    summary["report_option"] = report
+    report = summary["report_option"] = accepts_report(container)
     cmd = ["./predict.sh", DATA, f"{OUT}/predictions.json"] + ([REPORT_OPTION, f"{OUT}/report.json"] if report else [])
     summary["memory_peak_reset"] = reset_peak(host_file)
     predict = exec_step(container, "predict.sh", cmd, deadline - time.monotonic(), out_dir / "predict.log",
                         host_file)
     summary["steps"]["predict.sh"] = asdict(predict)
     summary["problems"] += judge.step_problems(predict, limits)
-    if not predict.timed_out:
-        docker("cp", f"{container}:{OUT}/.", str(out_dir), check=False)
+    # also after a kill at the deadline: what the runtime had written by then is what the organisers would score
+    docker("cp", f"{container}:{OUT}/.", str(out_dir), check=False)
 
 
 def judge_in_docker(args: argparse.Namespace, out_dir: Path, scratch: Path) -> Dict[str, Any]:
@@ -478,7 +489,7 @@ def judge_in_docker(args: argparse.Namespace, out_dir: Path, scratch: Path) -> D
     finally:
         docker("rm", "--force", container, check=False)
     predict = summary["steps"].get("predict.sh")
-    if predict and predict["returncode"] == 0 and not predict["timed_out"]:
+    if predict and (predict["returncode"] == 0 or predict["timed_out"]):
         judge.finish(summary, args, out_dir / "predictions.json")
     report_path = out_dir / "report.json"
     if report_path.is_file():

@@ -412,10 +412,21 @@ def test_docker_judge_runs_the_archive_in_a_container(docker_engine, vendored_ar
     assert read_json(tmp_path / "j" / "predictions.json") == read_json(plain_run)
 
 
-def test_docker_judge_kills_the_container_at_the_time_limit(docker_engine, vendored_archive: Path, datasets,
-                                                            tmp_path: Path) -> None:
-    # setup.sh installs four wheels on one CPU: seconds, far over a 1 s limit
-    assert run_docker_judge(vendored_archive, datasets, tmp_path / "j", "--time-limit", "1") == 1
+def test_docker_judge_kills_at_the_time_limit_and_scores_what_was_written(docker_engine, datasets,
+                                                                          tmp_path: Path) -> None:
+    """A predict.sh that writes its answer and then hangs: killed at the deadline, the answer still counts."""
+    answer = json.dumps(read_json(datasets[1]))
+    scripts = {"setup.sh": "#!/usr/bin/env bash\ntrue\n",
+               "predict.sh": f"#!/usr/bin/env bash\n[ \"$1\" = --help ] && exit 0\n"
+                             f"cat > \"$2\" <<'EOF'\n{answer}\nEOF\nsleep 600\n"}
+    archive = tmp_path / "hang.zip"
+    with zipfile.ZipFile(archive, "w") as zf:
+        for name, text in scripts.items():
+            info = zipfile.ZipInfo(name)
+            info.external_attr = 0o755 << 16
+            zf.writestr(info, text)
+    assert run_docker_judge(archive, datasets, tmp_path / "j", "--time-limit", "8") == 1
     summary = read_json(tmp_path / "j" / "summary.json")
-    assert summary["steps"]["setup.sh"]["timed_out"] and "predict.sh" not in summary["steps"]
+    assert summary["steps"]["setup.sh"]["returncode"] == 0 and summary["steps"]["predict.sh"]["timed_out"]
     assert any("time limit" in p for p in summary["problems"])
+    assert summary["images"] == 9 and summary["score"] == 100.0
