@@ -48,7 +48,6 @@ from typing import Dict, Iterable, List, Optional, Tuple
 from zeroshot.limits import REPO_ROOT as REPO
 from zeroshot.manifest import sha256_file
 from zeroshot.command import make_parser, parse_args
-from zeroshot.limits import REPO_ROOT as REPO
 
 logger = logging.getLogger(__name__)
 
