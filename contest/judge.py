@@ -1,6 +1,7 @@
 """A local judge: play the organisers with a submission archive on a datasets folder.
 
 Usage: ``python -m contest.judge ARCHIVE DATASETS_DIR [--gt GT_JSON] [--reference PRED_JSON] [--python PY]``.
+With ``--docker`` the same run happens in a real container instead (contest/docker_judge.py).
 
 Unzips ARCHIVE into an empty temp folder, runs ``./setup.sh`` and then
 ``./predict.sh DATASETS_DIR OUT_JSON`` there under the judge's limits, scores
