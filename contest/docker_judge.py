@@ -44,6 +44,7 @@ from pathlib import Path
 from typing import Any, Dict, List, Optional
 
 from zeroshot.limits import REPO_ROOT
+from zeroshot.report import read_report
 
 from . import judge  # judge imports this module too: use judge.X inside functions only
 
@@ -72,7 +73,7 @@ INSIDE_PEAK = ("cat /sys/fs/cgroup/memory/memory.max_usage_in_bytes 2>/dev/null"
 THREADS_LOGGED = re.compile(r"(\d+) threads")
 
 PROBE = """
-import json, os, socket, sys
+import json
 try:
     from importlib.metadata import version, PackageNotFoundError
 except ImportError:
@@ -89,14 +90,12 @@ def installed(name):
     except PackageNotFoundError:
         return None
 quota, period = read("/sys/fs/cgroup/cpu/cpu.cfs_quota_us"), read("/sys/fs/cgroup/cpu/cpu.cfs_period_us")
+cgroup = "v1"
 if read("/sys/fs/cgroup/cpu.max"):
-    quota, period = read("/sys/fs/cgroup/cpu.max").split()
+    (quota, period), cgroup = read("/sys/fs/cgroup/cpu.max").split(), "v2"
 memory = read("/sys/fs/cgroup/memory/memory.limit_in_bytes") or read("/sys/fs/cgroup/memory.max")
 print(json.dumps({
-    "python": "%d.%d.%d" % sys.version_info[:3], "executable": sys.executable,
-    "interfaces": sorted(n for _, n in socket.if_nameindex()),
-    "cpus": sorted(os.sched_getaffinity(0)),
-    "cpu_quota": None if quota in (None, "-1", "max") else int(quota) / int(period),
+    "cgroup": cgroup, "cpu_quota": None if quota in (None, "-1", "max") else int(quota) / int(period),
     "memory_limit": None if memory in (None, "max") else int(memory),
     "image_packages": {n: installed(n) for n in ("torch", "numpy", "Pillow", "sentencepiece",
                                                  "opencv-python-headless", "onnxruntime")}}))
@@ -429,6 +428,7 @@ def describe_limits(args: argparse.Namespace) -> Dict[str, Any]:
     """The limits in the local judge's summary layout (judge.Limits.describe)."""
     return {"network": "docker --network=none",
             "cpus": f"--cpus={args.cpus:g} (CFS quota; the affinity mask keeps every host CPU)",
+            "cpu_quota": {"quota": f"{args.cpus:g} CPU (docker --cpus)", "version": "?", "cgroup": "of the container"},
             "memory": {"bytes": int(args.memory_gb * GIB),
                        "kind": f"docker --memory={args.memory_gb:g}g --memory-swap={args.memory_gb:g}g",
                        "checked_after": "the container cgroup's peak (resident memory + page cache)"},
@@ -439,8 +439,13 @@ def run_in_container(container: str, args: argparse.Namespace, summary: Dict[str
                      scratch: Path) -> None:
     """Unpack, probe, setup.sh, predict.sh in ``container``; fills ``summary`` (steps, problems, versions)."""
     docker("exec", container, "sh", "-c", f"mkdir -p {OUT} && unzip -q {ARCHIVE}")
-    inside = summary["inside"] = exec_json(container, PROBE)
+    inside = summary["inside"] = {**exec_json(container, judge.PROBE_LIMITS, SUBMISSION),
+                                  **exec_json(container, PROBE)}
+    summary["limits"]["cpu_quota"]["version"] = inside.get("cgroup", "?")
     summary["problems"] += limit_problems(inside, args)
+    seen = (inside.get("effective_cpus") or {}).get("cpus")
+    if seen is not None and seen != args.cpus:
+        summary["warnings"].append(f"the runtime sees {seen} CPUs in a container limited to {args.cpus:g}")
     if summary["problems"]:
         return
     limits = judge.Limits(None, None, int(args.memory_gb * GIB), "cgroup", args.time_limit)
@@ -461,12 +466,15 @@ def run_in_container(container: str, args: argparse.Namespace, summary: Dict[str
         summary["problems"].append(f"predict.sh would import onnxruntime {versions.get('onnxruntime')} "
                                    f"({versions.get('onnxruntime_path')}), not the vendored {expected}")
     report = summary["report_option"] = accepts_report(container)
-    cmd = ["./predict.sh", DATA, f"{OUT}/predictions.json"] + ([REPORT_OPTION, f"{OUT}/report.json"] if report else [])
+    cmd = ["./predict.sh", DATA, f"{OUT}/predictions.json"]
+    cmd += [REPORT_OPTION, f"{OUT}/{judge.REPORT_NAME}"] if report else []
     summary["memory_peak_reset"] = reset_peak(host_file)
     predict = exec_step(container, "predict.sh", cmd, deadline - time.monotonic(), out_dir / "predict.log",
                         host_file)
     summary["steps"]["predict.sh"] = asdict(predict)
     summary["problems"] += judge.step_problems(predict, limits)
+    if not predict.ok:
+        summary["warnings"].append("scoring what predict.sh left on disk (the best answer so far)")
     # also after a kill at the deadline: what the runtime had written by then is what the organisers would score
     docker("cp", f"{container}:{OUT}/.", str(out_dir), check=False)
 
@@ -488,12 +496,14 @@ def judge_in_docker(args: argparse.Namespace, out_dir: Path, scratch: Path) -> D
         run_in_container(container, args, summary, out_dir, scratch)
     finally:
         docker("rm", "--force", container, check=False)
-    predict = summary["steps"].get("predict.sh")
-    if predict and (predict["returncode"] == 0 or predict["timed_out"]):
+    if "predict.sh" in summary["steps"]:
         judge.finish(summary, args, out_dir / "predictions.json")
-    report_path = out_dir / "report.json"
+    report_path = out_dir / judge.REPORT_NAME
     if report_path.is_file():
-        summary["run_report"] = json.loads(report_path.read_text(encoding="utf-8"))
+        try:
+            summary["run_report"] = read_report(report_path)
+        except ValueError as exc:
+            summary["warnings"].append(str(exc))
     summary["docker"]["threads"] = runtime_threads(summary.get("run_report"), out_dir / "predict.log")
     return summary
 
@@ -534,7 +544,7 @@ def run_docker(args: argparse.Namespace) -> int:
     """contest.judge --docker: exit 0 if the archive passed, 1 if it failed, 2 if it could not be judged."""
     out_dir = args.out_dir.resolve()
     out_dir.mkdir(parents=True, exist_ok=True)
-    for name in ("predictions.json", "report.json"):
+    for name in ("predictions.json", judge.REPORT_NAME):
         (out_dir / name).unlink(missing_ok=True)
     scratch = Path(tempfile.mkdtemp(prefix="judge-docker-"))
     try:

@@ -408,7 +408,10 @@ def test_docker_judge_runs_the_archive_in_a_container(docker_engine, vendored_ar
     assert summary["versions"]["onnxruntime_path"].startswith("/submission/.deps/py3.8/onnxruntime")
     assert summary["reference"]["differ"] == 0 and summary["images"] == 9
     assert all(step["peak_rss_bytes"] > 0 for step in summary["steps"].values())
-    assert summary["docker"]["threads"] >= 1
+    # the runtime reads the CFS quota (the affinity mask still lists every host CPU) and writes its run report
+    assert inside["effective_cpus"]["cpus"] == 1 and summary["docker"]["threads"] == 1
+    assert summary["report_option"] and (tmp_path / "j" / "report.json").is_file()
+    assert "runtime      1 threads" in out
     assert read_json(tmp_path / "j" / "predictions.json") == read_json(plain_run)
 
 
