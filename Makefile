@@ -21,10 +21,10 @@ IMAGE_MODEL ?= model
 TRAIN_OUT ?= dist/text_tower
 TRAIN_ARGS ?=
 
-.PHONY: help venv model run data-check test vendor bundle judge bench export clean train
+.PHONY: help venv model run data-check test vendor bundle judge judge-docker bench export clean train
 
 help:  ## list the targets
-	@grep -E '^[a-z]+:.*## ' $(MAKEFILE_LIST) | sed 's/:.*## /\t/'
+	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | sed 's/:.*## /\t/'
 
 .venv/.stamp: requirements-build.txt requirements-nodeps.txt
 	python3 -m venv .venv
@@ -82,9 +82,13 @@ vendor: .venv/.stamp  ## wheels for the judge (CPython 3.8) and this machine (3.
 bundle: model vendor  ## the submission archive BUNDLE (dist/submission.zip); prints sizes, fails over CAP_MB (default: the judge's cap)
 	$(PY) -m contest.bundle --model model --vendor vendor --out $(BUNDLE) $(if $(CAP_MB),--cap-mb $(CAP_MB))
 
+JUDGE_SCORING = $(if $(wildcard $(GT)),--gt $(GT)) $(if $(REF),--reference $(REF)) $(JUDGE_ARGS)
+
 judge: bundle  ## run BUNDLE like the organisers on DATA: no network, 1 CPU (pin + 1-CPU cgroup quota when root), 8 GB, 23 min; report.json kept; REF=preds.json to compare
-	$(PY) -m contest.judge $(BUNDLE) $(DATA) --python $(JUDGE_PYTHON) $(if $(wildcard $(GT)),--gt $(GT)) \
-	  $(if $(REF),--reference $(REF)) --out-dir dist/judge $(JUDGE_ARGS)
+	$(PY) -m contest.judge $(BUNDLE) $(DATA) --python $(JUDGE_PYTHON) --out-dir dist/judge $(JUDGE_SCORING)
+
+judge-docker: bundle  ## the same in a container: docker run --cpus=1 --memory=8g --network=none (starts dockerd, builds the image)
+	$(PY) -m contest.judge --docker $(BUNDLE) $(DATA) --out-dir dist/judge-docker $(JUDGE_SCORING)
 
 clean:  ## remove generated files
 	rm -rf model dist vendor .deps

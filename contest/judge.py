@@ -1,6 +1,7 @@
 """A local judge: play the organisers with a submission archive on a datasets folder.
 
 Usage: ``python -m contest.judge ARCHIVE DATASETS_DIR [--gt GT_JSON] [--reference PRED_JSON] [--python PY]``.
+With ``--docker`` the same run happens in a real container instead (contest/docker_judge.py).
 
 Unzips ARCHIVE into an empty temp folder, runs ``./setup.sh`` and then
 ``./predict.sh DATASETS_DIR OUT_JSON`` there under the judge's limits, scores
@@ -55,6 +56,7 @@ from zeroshot.limits import REPO_ROOT as REPO
 from zeroshot.outputs import Predictions, read_predictions, write_json_atomic
 from zeroshot.report import format_report_lines, read_report
 
+from . import docker_judge
 from .bundle import ALLOWED_TOP
 from .cgroups import CpuQuotaCgroup, create_cpu_quota_cgroup, remove_cgroup
 from .vendor import REQUIREMENTS_NAME, read_requirements
@@ -333,11 +335,12 @@ def format_summary(summary: Dict[str, Any]) -> str:
     versions = summary.get("versions") or {}
     packages = ", ".join(f"{k} {v}" for k, v in versions.items() if not k.endswith("_path"))
     lines.append(f"python       {summary.get('inside', {}).get('python', '?')}" + (f"; {packages}" if packages else ""))
+    peak = "peak memory (cgroup)" if lim["memory"]["kind"].startswith("docker") else "peak resident"
     for step in steps.values():
         vm = f", peak address space {step['peak_vm_bytes'] / 1e9:.2f} GB" if step["peak_vm_bytes"] else ""
         state = "timed out" if step["timed_out"] else ("ok" if step["returncode"] == 0 else
                                                       f"exit {step['returncode']}")
-        lines.append(f"{step['name']:<12} {state} in {step['seconds']:.1f} s, peak resident "
+        lines.append(f"{step['name']:<12} {state} in {step['seconds']:.1f} s, {peak} "
                      f"{step['peak_rss_bytes'] / 1e9:.2f} GB{vm}")
     if summary.get("images_per_s"):
         proj = summary["projected"]
@@ -390,6 +393,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--out-dir", type=Path, default=REPO / "dist" / "judge",
                         help="predictions.json, summary.json and the logs go here (default: %(default)s)")
     parser.add_argument("--keep", action="store_true", help="keep the unpacked archive (its path is logged)")
+    docker_judge.add_arguments(parser)
     return parser
 
 
@@ -510,6 +514,8 @@ def main(argv: Optional[List[str]] = None) -> int:
         if not path.exists():
             logger.error("%s: %s not found", path, what)
             return 2
+    if args.docker:
+        return docker_judge.run_docker(args)
     try:
         limits = make_limits(args)
     except ValueError as exc:
@@ -528,12 +534,17 @@ def main(argv: Optional[List[str]] = None) -> int:
             logger.info("kept the unpacked archive in %s", work / "submission")
         else:
             shutil.rmtree(work, ignore_errors=True)
+    return write_summary(summary, args.out_dir)
+
+
+def write_summary(summary: Dict[str, Any], out_dir: Path) -> int:
+    """Decide the verdict, print the table to stdout, write ``out_dir/summary.json``; 0 if passed, else 1."""
     summary["passed"] = not summary["problems"]
     sys.stdout.write(format_summary(summary) + "\n")
     summary.pop("report_table", None)
     summary.pop("run_report", None)
-    write_json_atomic(args.out_dir / "summary.json", summary)
-    logger.info("wrote %s", args.out_dir / "summary.json")
+    write_json_atomic(out_dir / "summary.json", summary)
+    logger.info("wrote %s", out_dir / "summary.json")
     return 0 if summary["passed"] else 1
 
 

@@ -23,7 +23,7 @@ import pytest
 from conftest import REPO, read_json
 from datagen import make_dataset
 
-from contest import bundle, judge
+from contest import bundle, docker_judge, judge
 from contest.vendor import REQUIREMENTS_NAME, TARGETS, find_wheel, parse_pin
 from zeroshot import cli
 from zeroshot.evaluate import evaluate
@@ -233,19 +233,29 @@ def test_judge_enforces_the_memory_limit(dev_archive: Path, datasets, tmp_path: 
     assert code == 1 and not summary["passed"]
 
 
-def _vendored_for_this_python() -> bool:
-    req = REPO / "vendor" / REQUIREMENTS_NAME.format(PY_TAG)
-    return PY_TAG in TARGETS and req.is_file() and all(
-        find_wheel(REPO / "vendor", parse_pin(spec), PY_TAG) for spec in TARGETS[PY_TAG])
+def _vendored_for(python: str) -> bool:
+    req = REPO / "vendor" / REQUIREMENTS_NAME.format(python)
+    return python in TARGETS and req.is_file() and all(
+        find_wheel(REPO / "vendor", parse_pin(spec), python) for spec in TARGETS[python])
 
 
-@pytest.mark.skipif(not _vendored_for_this_python(),
-                    reason=f"vendor/ has no wheels for Python {PY_TAG}: run 'make vendor' (PyPI, once) to test "
-                           "the archive with onnxruntime 1.16.3")
-def test_judge_with_the_vendored_wheels(tiny_model: Path, datasets, plain_run: Path, tmp_path: Path) -> None:
-    """The real archive: setup.sh installs the vendored onnxruntime, and predict.sh runs on it."""
-    archive = tmp_path / "submission.zip"
+def _no_wheels_reason(python: str) -> str:
+    return (f"vendor/ has no wheels for Python {python}: run 'make vendor' (PyPI, once) to test "
+            "the archive with onnxruntime 1.16.3")
+
+
+@pytest.fixture(scope="module")
+def vendored_archive(tiny_model: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The tiny model's archive with the real wheels of vendor/ (both Pythons)."""
+    archive = tmp_path_factory.mktemp("vendored") / "submission.zip"
     assert bundle.main(["--model", str(tiny_model), "--vendor", str(REPO / "vendor"), "--out", str(archive)]) == 0
+    return archive
+
+
+@pytest.mark.skipif(not _vendored_for(PY_TAG), reason=_no_wheels_reason(PY_TAG))
+def test_judge_with_the_vendored_wheels(vendored_archive: Path, datasets, plain_run: Path, tmp_path: Path) -> None:
+    """The real archive: setup.sh installs the vendored onnxruntime, and predict.sh runs on it."""
+    archive = vendored_archive
     with zipfile.ZipFile(archive) as zf:
         assert {n.split("/")[0] for n in zf.namelist()} == bundle.ALLOWED_TOP
     code, summary = run_judge(archive, datasets, tmp_path / "j", "--reference", str(plain_run))
@@ -292,3 +302,134 @@ def test_every_variant_the_archived_manifest_lists_runs_from_the_unzipped_archiv
         assert proc.returncode == 0, proc.stderr
         preds[variant] = read_json(out)
         assert {name: len(p) for name, p in preds[variant].items()} == {"animals": 5, "things": 4}
+
+
+# --- the Docker judge (contest/docker_judge.py, contest.judge --docker) ---
+
+def run_docker_judge(archive: Path, datasets: Tuple[Path, Path], out_dir: Path, *extra: str) -> int:
+    return judge.main(["--docker", str(archive), str(datasets[0]), "--gt", str(datasets[1]),
+                       "--out-dir", str(out_dir), *extra])
+
+
+def test_docker_judge_without_an_engine_says_so(dev_archive: Path, datasets, tmp_path: Path, monkeypatch,
+                                                caplog) -> None:
+    monkeypatch.setenv("DOCKER_HOST", f"unix://{tmp_path}/no-engine.sock")
+    assert run_docker_judge(dev_archive, datasets, tmp_path / "j") == 2
+    if shutil.which("docker"):
+        assert "no Docker engine answers" in caplog.text and "not starting a local dockerd" in caplog.text
+    caplog.clear()
+    monkeypatch.setenv("PATH", str(tmp_path / "no-bin"))
+    assert run_docker_judge(dev_archive, datasets, tmp_path / "j") == 2
+    assert "no 'docker' client on PATH" in caplog.text
+    assert not (tmp_path / "j" / "summary.json").exists()
+
+
+def test_docker_peak_memory_file_from_proc_cgroup(tmp_path: Path) -> None:
+    v1 = "12:pids:/docker/abc\n5:memory:/docker/abc\n1:name=systemd:/docker/abc\n0::/\n"
+    assert docker_judge.parse_proc_cgroup(v1, tmp_path) == tmp_path / "memory/docker/abc/memory.max_usage_in_bytes"
+    v2 = "0::/system.slice/docker-abc.scope\n"
+    assert docker_judge.parse_proc_cgroup(v2, tmp_path) == tmp_path / "system.slice/docker-abc.scope/memory.peak"
+    assert docker_judge.parse_proc_cgroup("", tmp_path) is None
+
+
+def test_docker_limits_are_read_back(tmp_path: Path) -> None:
+    args = judge.build_parser().parse_args(["--docker", "a.zip", "data"])
+    good = {"interfaces": ["lo"], "cpu_quota": 1.0, "memory_limit": 8 * 2 ** 30}
+    assert docker_judge.limit_problems(good, args) == []
+    bad = {"interfaces": ["eth0", "lo"], "cpu_quota": None, "memory_limit": None}
+    problems = docker_judge.limit_problems(bad, args)
+    assert len(problems) == 3 and "eth0" in problems[0] and "CPU quota" in problems[1]
+    assert docker_judge.docker_run_args(args) == ["--cpus=1", "--memory=8g", "--memory-swap=8g", "--network=none"]
+
+
+def test_docker_base_tag_follows_its_recipe(tmp_path: Path) -> None:
+    home = tmp_path / "py"
+    (home / "bin").mkdir(parents=True)
+    python = home / "bin" / "python3.8"
+    python.write_text("#!/bin/sh\necho '3.8.18 (default, test build)'\n")
+    python.chmod(0o755)
+    recipe = tmp_path / "recipe.sh"
+    recipe.write_text("debootstrap bookworm\n")
+    first = docker_judge.base_tag(home, recipe)
+    assert first.startswith("zeroshot-judge-base:") and first == docker_judge.base_tag(home, recipe)
+    recipe.write_text("debootstrap bookworm --include=unzip\n")
+    assert docker_judge.base_tag(home, recipe) != first
+    with pytest.raises(FileNotFoundError, match="no bin/python3.X"):
+        docker_judge.base_tag(tmp_path / "nowhere", recipe)
+
+
+def test_docker_runtime_threads_from_report_or_log(tmp_path: Path) -> None:
+    log = tmp_path / "predict.log"
+    log.write_text("12:00:00 INFO zeroshot: 1 datasets, 9 images, model /submission/model, 3 threads, budget 1 s\n")
+    assert docker_judge.runtime_threads({"threads": 1}, log) == 1
+    assert docker_judge.runtime_threads(None, log) == 3
+    assert docker_judge.runtime_threads(None, tmp_path / "none.log") is None
+
+
+def _docker_unavailable() -> str:
+    """Why the tiny archive cannot run in a container here ('' when it can: engine and base image at hand)."""
+    if not _vendored_for("3.8"):
+        return _no_wheels_reason("3.8")
+    try:
+        docker_judge.ensure_engine()
+    except docker_judge.EngineUnavailable as exc:
+        return f"no Docker engine: {exc}"
+    if docker_judge.image_id(docker_judge.REGISTRY_BASE):
+        return ""
+    python = docker_judge.BASE_PYTHON
+    if python.is_dir() and docker_judge.image_id(docker_judge.base_tag(python)):
+        return ""
+    if os.geteuid() != 0 or shutil.which("debootstrap") is None or not python.is_dir():
+        return (f"neither {docker_judge.REGISTRY_BASE} nor the offline base image is here, and the base cannot be "
+                f"built (needs root, debootstrap and a CPython 3.8 at {python})")
+    return ""
+
+
+@pytest.fixture(scope="module")
+def docker_engine() -> None:
+    reason = _docker_unavailable()
+    if reason:
+        pytest.skip(reason)
+
+
+def test_docker_judge_runs_the_archive_in_a_container(docker_engine, vendored_archive: Path, datasets,
+                                                      plain_run: Path, tmp_path: Path, capsys) -> None:
+    """The tiny model's archive in docker run --cpus=1 --memory=8g --network=none on the judge's Python 3.8."""
+    code = run_docker_judge(vendored_archive, datasets, tmp_path / "j", "--reference", str(plain_run))
+    out = capsys.readouterr().out
+    summary = read_json(tmp_path / "j" / "summary.json")
+    assert code == 0, summary["problems"]
+    assert "verdict      PASS" in out and "peak memory (cgroup)" in out
+    inside = summary["inside"]
+    assert inside["python"].startswith("3.8.") and inside["interfaces"] in ([], ["lo"])
+    assert inside["cpu_quota"] == 1.0 and inside["memory_limit"] == 8 * 2 ** 30
+    assert inside["image_packages"]["numpy"] == "1.20.3" and inside["image_packages"]["onnxruntime"] is None
+    assert summary["versions"]["onnxruntime"] == "1.16.3"
+    assert summary["versions"]["onnxruntime_path"].startswith("/submission/.deps/py3.8/onnxruntime")
+    assert summary["reference"]["differ"] == 0 and summary["images"] == 9
+    assert all(step["peak_rss_bytes"] > 0 for step in summary["steps"].values())
+    # the runtime reads the CFS quota (the affinity mask still lists every host CPU) and writes its run report
+    assert inside["effective_cpus"]["cpus"] == 1 and summary["docker"]["threads"] == 1
+    assert summary["report_option"] and (tmp_path / "j" / "report.json").is_file()
+    assert "runtime      1 threads" in out
+    assert read_json(tmp_path / "j" / "predictions.json") == read_json(plain_run)
+
+
+def test_docker_judge_kills_at_the_time_limit_and_scores_what_was_written(docker_engine, datasets,
+                                                                          tmp_path: Path) -> None:
+    """A predict.sh that writes its answer and then hangs: killed at the deadline, the answer still counts."""
+    answer = json.dumps(read_json(datasets[1]))
+    scripts = {"setup.sh": "#!/usr/bin/env bash\ntrue\n",
+               "predict.sh": f"#!/usr/bin/env bash\n[ \"$1\" = --help ] && exit 0\n"
+                             f"cat > \"$2\" <<'EOF'\n{answer}\nEOF\nsleep 600\n"}
+    archive = tmp_path / "hang.zip"
+    with zipfile.ZipFile(archive, "w") as zf:
+        for name, text in scripts.items():
+            info = zipfile.ZipInfo(name)
+            info.external_attr = 0o755 << 16
+            zf.writestr(info, text)
+    assert run_docker_judge(archive, datasets, tmp_path / "j", "--time-limit", "8") == 1
+    summary = read_json(tmp_path / "j" / "summary.json")
+    assert summary["steps"]["setup.sh"]["returncode"] == 0 and summary["steps"]["predict.sh"]["timed_out"]
+    assert any("time limit" in p for p in summary["problems"])
+    assert summary["images"] == 9 and summary["score"] == 100.0
