@@ -85,13 +85,22 @@ print(json.dumps({"python": "%d.%d.%d" % sys.version_info[:3], "executable": sys
 """
 REPORT_NAME = "report.json"
 PROBE_VERSIONS = """
-import json, sys
+import importlib, json, sys
 sys.path.insert(0, sys.argv[1])
-import numpy, onnxruntime, PIL, sentencepiece, tokenizers
-print(json.dumps({"numpy": numpy.__version__, "onnxruntime": onnxruntime.__version__,
-                  "onnxruntime_path": onnxruntime.__file__, "Pillow": PIL.__version__,
-                  "sentencepiece": sentencepiece.__version__, "tokenizers": tokenizers.__version__}))
+found = {}
+for name in ("numpy", "onnxruntime", "PIL", "sentencepiece", "tokenizers"):
+    try:
+        found[name] = importlib.import_module(name)
+    except ImportError:
+        found[name] = None
+def version(name):
+    return getattr(found[name], "__version__", None)
+print(json.dumps({"numpy": version("numpy"), "onnxruntime": version("onnxruntime"),
+                  "onnxruntime_path": getattr(found["onnxruntime"], "__file__", None), "Pillow": version("PIL"),
+                  "sentencepiece": version("sentencepiece"), "tokenizers": version("tokenizers")}))
 """
+# Each package is probed on its own: an archive without tokenizers (a sentencepiece-only model
+# built before it was vendored) must still report its onnxruntime.
 
 
 @dataclass

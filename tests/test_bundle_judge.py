@@ -433,3 +433,16 @@ def test_docker_judge_kills_at_the_time_limit_and_scores_what_was_written(docker
     assert summary["steps"]["setup.sh"]["returncode"] == 0 and summary["steps"]["predict.sh"]["timed_out"]
     assert any("time limit" in p for p in summary["problems"])
     assert summary["images"] == 9 and summary["score"] == 100.0
+
+
+def test_version_probe_reports_onnxruntime_when_tokenizers_is_missing(tmp_path: Path) -> None:
+    """An archive without tokenizers (sentencepiece-only, built before it was vendored) still shows its onnxruntime."""
+    (tmp_path / "tokenizers.py").write_text("raise ImportError('not in this archive')\n")
+    proc = subprocess.run([sys.executable, "-c", judge.PROBE_VERSIONS, str(tmp_path)], capture_output=True,
+                          text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    versions = json.loads(proc.stdout)
+    assert versions["tokenizers"] is None
+    import onnxruntime
+
+    assert versions["onnxruntime"] == onnxruntime.__version__
