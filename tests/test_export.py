@@ -72,7 +72,7 @@ def torch_predictions(source: sources.Source, root: Path, templates: List[str],
 
 @pytest.fixture(scope="module")
 def dev_set(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A labelled datasets folder standing in for ../shared/devsets, so the tests need nothing outside the repo."""
+    """A labelled datasets folder standing in for the dev set, so the tests need nothing outside the repo."""
     root = tmp_path_factory.mktemp("export_dev") / "devsets"
     make_dataset(root, "dev", ["кошка", "самолёт", "гаечный ключ"], int(IMAGES), seed=7)
     return root
