@@ -36,6 +36,21 @@ def test_vocabulary_files_cover_every_class_and_valid_groups(bank) -> None:
         parse_members(line.split("\t")[2])
 
 
+def test_held_out_names_leave_the_bank_but_primary_imagenet_names_stay(bank) -> None:
+    from train.yardsticks import holdout_filter
+    import pymorphy3
+
+    drop = holdout_filter(["кружка", "слон", "подсолнух"], pymorphy3.MorphAnalyzer())
+    held = load_bank(norm, english=False, drop=drop)
+    removed = set(bank.texts) - set(held.texts)
+    assert {"слоны", "подсолнухи"} <= removed and "подсолнечник" in held.texts
+    assert not {t for t in held.texts if t in ("слон", "слоны", "подсолнух", "подсолнухи")}
+    mug = held.names.index("coffee mug")
+    assert "кружка" in held.texts and held.concept_of[held.texts.index("кружка")] == mug  # primary name stays
+    assert "кофейная кружка" in held.texts and "чашка" not in removed
+    assert len(held.names) < len(bank.names)  # groups left without names are left out
+
+
 def test_parse_members_rejects_out_of_range() -> None:
     assert parse_members("1,3-5") == [1, 3, 4, 5]
     with pytest.raises(ValueError):

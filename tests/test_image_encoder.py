@@ -118,3 +118,19 @@ def test_static_int8(exported, tmp_path: Path) -> None:
     assert record["mean_total_variation"] == pytest.approx(0.5 * np.abs(fp32 - probs).sum(axis=1).mean(), rel=1e-4)
     with pytest.raises(ValueError, match="agrees with fp32"):
         ie.quantize_image_encoder(path, tmp_path / "strict.onnx", images, cfg, min_agreement=1.01)
+
+
+def test_mirror_rung_is_invariant_to_mirroring_and_outputs_unit_features(exported, tmp_path: Path) -> None:
+    _, _, images = exported
+    out = tmp_path / "rung.onnx"
+    record = ie.export_rung(["lite0"], out, SIZE, mirror=True, check_images=images[:2])
+    assert record["mirror"] and max(record["max_abs_diff"].values()) <= ie.PARITY_TOLERANCE
+    pixels = ie.pixel_batch(images[:3], ie.image_config("lite0", SIZE), SIZE)
+    session = make_session(out, threads=1)
+    probs, feats = session.run([ie.OUTPUT_NAME, ie.FEATURES_NAME], {ie.INPUT_NAME: pixels})
+    probs_m, feats_m = session.run([ie.OUTPUT_NAME, ie.FEATURES_NAME],
+                                   {ie.INPUT_NAME: np.ascontiguousarray(pixels[..., ::-1])})
+    assert feats.shape == (3, 1280) and np.allclose(np.linalg.norm(feats, axis=1), 1.0, atol=1e-5)
+    assert np.max(np.abs(probs - probs_m)) < 1e-4 and np.max(np.abs(feats - feats_m)) < 1e-4
+    plain = make_session(exported[0], threads=1).run([ie.OUTPUT_NAME], {ie.INPUT_NAME: pixels})[0]
+    assert np.max(np.abs(plain - probs)) > 1e-3  # mirroring changed the prediction: the rung is not the plain model

@@ -94,3 +94,67 @@ def test_logit_bias_is_added_after_the_scale() -> None:
     cls = np.array([[1.0, 0.0], [0.0, 2.0]], dtype=np.float32)
     out = class_logits(img, cls, {"similarity": "cosine", "logit": "linear", "scale": 10.0, "bias": -12.5})
     assert out == pytest.approx(np.array([[6.0 - 12.5, 8.0 - 12.5]]), rel=1e-5)
+
+
+def _imbalanced(seed: int = 0):
+    """Posteriors under equal priors for a 3-class set whose true class shares are 0.7 / 0.2 / 0.1."""
+    rng = np.random.default_rng(seed)
+    shares = np.array([0.7, 0.2, 0.1])
+    truth = rng.choice(3, size=600, p=shares)
+    loglik = 1.2 * np.eye(3)[truth] + rng.normal(size=(600, 3))
+    return softmax(loglik, axis=1), truth, shares
+
+
+def test_em_priors_estimate_the_class_shares_and_beat_equal_balancing() -> None:
+    from zeroshot.scoring import balance_probs, em_priors
+
+    probs, truth, shares = _imbalanced()
+    priors = em_priors(probs, 50)
+    assert priors == pytest.approx(shares, abs=0.06) and priors.sum() == pytest.approx(1.0)
+    adjusted = balance_probs(probs, {"method": "em", "iterations": 50})
+    assert adjusted.sum(axis=1) == pytest.approx(np.ones(len(probs)))
+    em_acc = (adjusted.argmax(1) == truth).mean()
+    assert em_acc > (probs.argmax(1) == truth).mean() + 0.05
+    assert em_acc > (sinkhorn(probs, 20).argmax(1) == truth).mean() + 0.1
+
+
+def test_em_pseudo_count_pulls_towards_equal_and_masked_classes_stay_zero() -> None:
+    from zeroshot.scoring import em_priors
+
+    probs, _, _ = _imbalanced()
+    probs = np.concatenate([probs, np.zeros((len(probs), 1))], axis=1)
+    free, smooth = em_priors(probs, 50, 0.0), em_priors(probs, 50, 1000.0)
+    assert free[3] == 0 and smooth[3] == 0
+    assert np.ptp(smooth[:3]) < np.ptp(free[:3])
+    sharp = em_priors(probs, 50, 0.0, temperature=0.5)
+    assert not np.allclose(sharp, free)
+
+
+def test_sinkhorn_towards_a_target_and_estimated_shares() -> None:
+    from zeroshot.scoring import estimate_shares
+
+    probs, truth, shares = _imbalanced()
+    q = sinkhorn(probs, 50, shares)
+    assert q.sum(axis=0) / len(q) == pytest.approx(shares, abs=0.01)
+    est = estimate_shares(q, np.ones(len(q), bool), np.array([True, True, False]), pseudo_count=1.0)
+    assert est[2] == 0 and est.sum() == pytest.approx(1.0) and est[0] > 0.6
+
+
+def test_estimated_balance_keeps_an_imbalanced_set_imbalanced() -> None:
+    probs, truth, _ = _imbalanced()
+    scores = np.log(probs).astype(np.float32)
+    valid, mask = np.ones(len(scores), bool), np.ones(3, bool)
+    equal = predict(scores, valid, mask, {"method": "sinkhorn", "iterations": 3})
+    est = predict(scores, valid, mask, {"method": "estimated", "iterations": 3, "rounds": 10, "pseudo_count": 2.0})
+    assert (est == truth).mean() > (equal == truth).mean() + 0.1
+    once = predict(scores, valid, mask, {"method": "estimated", "iterations": 3, "rounds": 0})
+    assert (once == equal).all()  # no rounds: balancing towards equal shares, as Sinkhorn does
+
+
+def test_predict_with_em_balance_section() -> None:
+    probs, truth, _ = _imbalanced()
+    scores = np.log(probs).astype(np.float32)
+    valid, mask = np.ones(len(scores), bool), np.ones(3, bool)
+    em = predict(scores, valid, mask, {"method": "em", "iterations": 30, "pseudo_count": 1.0})
+    sk = predict(scores, valid, mask, {"method": "sinkhorn", "iterations": 20})
+    assert (em == truth).mean() > (sk == truth).mean() + 0.1

@@ -4,7 +4,9 @@ A *concept* is either one of the 1000 ImageNet classes or a Russian group of
 them (``train/vocab/groups_ru.tsv``); its distribution over the 1000 classes
 is one-hot or uniform over the members. An *entry* is one written name of a
 concept: every Russian name from ``train/vocab/imagenet_ru.tsv`` and the group
-file, its plural (or singular) form made with pymorphy3, and optionally the
+file, the visual proxies (``proxies_ru.tsv``, ``everyday_ru.tsv``: concepts
+ImageNet lacks, mapped to classes that look like them; see train/vocab/README.md),
+its plural (or singular) form made with pymorphy3, and optionally the
 English WordNet lemmas. The text encoder embeds a class name, compares it with
 every entry, takes each concept's best entry, and mixes the concepts'
 distributions by a softmax over those similarities.
@@ -106,24 +108,33 @@ def inflections(phrase: str, morph) -> List[str]:
     return out
 
 
-GROUP_FILES = ("groups_ru.tsv", "proxies_ru.tsv")
+GROUP_FILES = ("groups_ru.tsv", "proxies_ru.tsv", "everyday_ru.tsv")
 
 
 def load_bank(normalize: Callable[[str], str], english: bool = True, inflect: bool = True,
               vocab_dir: Path = VOCAB_DIR, group_files: Sequence[str] = GROUP_FILES,
-              exclude: Sequence[str] = (), exclude_from: Sequence[str] = GROUP_FILES) -> ConceptBank:
+              drop: Optional[Callable[[str], bool]] = None, drop_rows: bool = False) -> ConceptBank:
     """Build the bank from the vocabulary files; entry texts pass through ``normalize``.
 
     ``group_files``: files of (russian, english, members) rows (groups, visual
-    proxies); ``exclude``: normalised names whose rows in the ``exclude_from``
-    files are left out (to measure on a dev set without its own class names).
+    proxies); ``drop``: names for which it is True are left out (with their
+    inflections): every group and proxy name and every ImageNet synonym, but
+    not an ImageNet class's primary (first) name; a group left without names is
+    left out. Used to measure on a dev set with its own class names held out.
+    ``drop_rows``: stricter, a row with any such name loses all its names (an
+    ImageNet class keeps its primary name only).
     """
     rows = _read_tsv(vocab_dir / "imagenet_ru.tsv")
     if [int(r["index"]) for r in rows] != list(range(N_IMAGENET)):
         raise ValueError(f"{vocab_dir / 'imagenet_ru.tsv'}: expected indices 0..999 in order")
-    banned = set(exclude)
-    groups = [g for name in group_files for g in _read_tsv(vocab_dir / name)
-              if name not in exclude_from or not banned & {normalize(n) for n in _split(g["russian"])}]
+    def keep(names: List[str]) -> List[str]:
+        if drop is None:
+            return names
+        kept = [n for n in names if not drop(n)]
+        return [] if drop_rows and len(kept) < len(names) else kept
+
+    groups = [(g, keep(_split(g["russian"]))) for name in group_files for g in _read_tsv(vocab_dir / name)]
+    groups = [(g, names) for g, names in groups if names]
     morph = None
     if inflect:
         import pymorphy3
@@ -134,14 +145,13 @@ def load_bank(normalize: Callable[[str], str], english: bool = True, inflect: bo
     for row, eng in zip(rows, lemmas):
         dist = np.zeros(N_IMAGENET, dtype=np.float32)
         dist[int(row["index"])] = 1.0
-        concepts.append((row["english"], _split(row["russian"]), dist))
-        if eng:
-            concepts[-1][1].extend(eng)
-    for g in groups:
+        names = _split(row["russian"])
+        concepts.append((row["english"], names[:1] + keep(names[1:] + list(eng)), dist))
+    for g, names in groups:
         members = parse_members(g["members"])
         dist = np.zeros(N_IMAGENET, dtype=np.float32)
         dist[members] = 1.0 / len(members)
-        concepts.append(("group: " + g["english"], _split(g["russian"]), dist))
+        concepts.append(("group: " + g["english"], names, dist))
     texts: List[str] = []
     concept_of: List[int] = []
     for k, (_, names, _) in enumerate(concepts):

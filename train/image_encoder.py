@@ -52,6 +52,7 @@ logger = logging.getLogger(__name__)
 
 INPUT_NAME = "pixel_values"
 OUTPUT_NAME = "image_probs"
+FEATURES_NAME = "image_features"
 NUM_CLASSES = 1000
 PARITY_TOLERANCE = 1e-4          # max |torch - onnxruntime| on probabilities
 MIN_INT8_TOP1_AGREEMENT = 0.85   # share of check images whose int8 top-1 equals fp32 top-1
@@ -127,6 +128,46 @@ class ProbabilityHead(nn.Module):
         if self.temperature != 1.0:
             logits = logits / self.temperature
         return torch.softmax(logits, dim=-1)  # ONNX Softmax subtracts the row max
+
+
+class FeatureBackbone(nn.Module):
+    """EfficientNet-Lite -> (logits (B, 1000), pooled penultimate features (B, 1280)), both float32."""
+
+    def __init__(self, backbone: nn.Module) -> None:
+        super().__init__()
+        self.backbone = backbone
+
+    def forward(self, pixel_values: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
+        net = self.backbone
+        feats = net.extract_features(pixel_values).mean(dim=(2, 3))
+        return net._fc(feats), feats
+
+
+class RungHead(nn.Module):
+    """One rung of the accuracy ladder as one graph: pixels (B, 3, H, W) -> (probs (B, 1000), features (B, F)).
+
+    ``members``: FeatureBackbones whose ImageNet probabilities are averaged;
+    ``mirror``: each member also sees the horizontally mirrored images and its
+    logits and features are averaged over both. The features are each member's
+    pooled penultimate features, L2-normalised, concatenated (F = 1280 x members).
+    """
+
+    def __init__(self, members: Sequence[nn.Module], mirror: bool = False) -> None:
+        super().__init__()
+        self.members = nn.ModuleList(members)
+        self.mirror = bool(mirror)
+
+    def forward(self, pixel_values: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
+        n = pixel_values.shape[0]
+        x = torch.cat([pixel_values, torch.flip(pixel_values, dims=[3])]) if self.mirror else pixel_values
+        probs, feats = [], []
+        for member in self.members:
+            logits, f = member(x)
+            if self.mirror:
+                logits, f = 0.5 * (logits[:n] + logits[n:]), 0.5 * (f[:n] + f[n:])
+            probs.append(torch.softmax(logits, dim=-1))
+            feats.append(f / f.norm(dim=-1, keepdim=True).clamp_min(1e-12))
+        return torch.stack(probs).mean(dim=0), torch.cat(feats, dim=-1)
 
 
 def image_config(backbone: str, size: Optional[int] = None) -> Dict[str, Any]:
@@ -210,37 +251,43 @@ def _check_pixels(check_images: Sequence[Path], cfg: Dict[str, Any], size: int) 
     return synthetic_batch(PARITY_IMAGES, size, cfg)
 
 
-def _torch_export(model: nn.Module, out_path: Path, size: int) -> None:
+def _torch_export(model: nn.Module, out_path: Path, size: int, outputs: Sequence[str] = (OUTPUT_NAME,)) -> None:
     """torch.onnx.export (TorchScript exporter, opset 17) with dynamic batch, height and width."""
     dummy = torch.zeros(2, 3, size, size, dtype=torch.float32)
     with torch.no_grad(), warnings.catch_warnings():
         warnings.filterwarnings("ignore", category=DeprecationWarning)  # dynamo=False is deliberate
         # the Pad chains it cannot fold are folded by _optimize_offline
         warnings.filterwarnings("ignore", message="Constant folding - Only steps=1")
-        torch.onnx.export(model, (dummy,), str(out_path), input_names=[INPUT_NAME], output_names=[OUTPUT_NAME],
+        torch.onnx.export(model, (dummy,), str(out_path), input_names=[INPUT_NAME], output_names=list(outputs),
                           dynamic_axes={INPUT_NAME: {0: "batch", 2: "height", 3: "width"},
-                                        OUTPUT_NAME: {0: "batch"}},
+                                        **{name: {0: "batch"} for name in outputs}},
                           opset_version=OPSET, dynamo=False, do_constant_folding=True)
 
 
-def _check_names(path: Path) -> None:
-    """Raise ValueError unless the graph has exactly INPUT_NAME in and OUTPUT_NAME out."""
+def _check_names(path: Path, outputs: Sequence[str] = (OUTPUT_NAME,)) -> None:
+    """Raise ValueError unless the graph has exactly INPUT_NAME in and ``outputs`` out."""
     import onnx
 
     graph = onnx.load(str(path), load_external_data=False).graph
     names = ([i.name for i in graph.input], [o.name for o in graph.output])
-    if names != ([INPUT_NAME], [OUTPUT_NAME]):
-        raise ValueError(f"{path}: graph inputs/outputs are {names}, expected [{INPUT_NAME}], [{OUTPUT_NAME}]")
+    if names != ([INPUT_NAME], list(outputs)):
+        raise ValueError(f"{path}: graph inputs/outputs are {names}, expected [{INPUT_NAME}], {list(outputs)}")
 
 
-def _parity(model: nn.Module, path: Path, pixels: np.ndarray) -> Tuple[float, float]:
-    """(max |torch - onnxruntime|, max |row sum - 1|) on float32 pixels (N, 3, S, S); checks the shape."""
+def _parity(model: nn.Module, path: Path, pixels: np.ndarray,
+            outputs: Sequence[str] = (OUTPUT_NAME,)) -> Tuple[float, float]:
+    """(max |torch - onnxruntime| over ``outputs``, max |row sum - 1| of the probabilities) on float32
+    pixels (N, 3, S, S); checks the probabilities' shape."""
     with torch.no_grad():
-        expected = model(torch.from_numpy(pixels)).numpy()
-    got = run_encoder(make_session(path, threads=1), pixels)
-    if got.shape != (len(pixels), NUM_CLASSES):
-        raise ValueError(f"{path}: output shape {got.shape}, expected ({len(pixels)}, {NUM_CLASSES})")
-    return float(np.max(np.abs(got - expected))), float(np.max(np.abs(got.sum(axis=1) - 1.0)))
+        expected = model(torch.from_numpy(pixels))
+    expected = [e.numpy() for e in (expected if isinstance(expected, tuple) else (expected,))]
+    session = make_session(path, threads=1)
+    got = [np.concatenate([session.run([name], {INPUT_NAME: pixels[i:i + 16]})[0] for i in range(0, len(pixels), 16)])
+           for name in outputs]
+    if got[0].shape != (len(pixels), NUM_CLASSES):
+        raise ValueError(f"{path}: output shape {got[0].shape}, expected ({len(pixels)}, {NUM_CLASSES})")
+    diff = max(float(np.max(np.abs(g - e))) for g, e in zip(got, expected))
+    return diff, float(np.max(np.abs(got[0].sum(axis=1) - 1.0)))
 
 
 def export_image_encoder(backbone: str, out_path: Path, temperature: float = 1.0, size: Optional[int] = None,
@@ -249,28 +296,54 @@ def export_image_encoder(backbone: str, out_path: Path, temperature: float = 1.0
 
     The graph takes ``pixel_values`` float32 (batch, 3, height, width) and
     returns ``image_probs`` float32 (batch, 1000); padding is the TF "SAME"
-    padding of ``size``. Validation (raises ValueError on failure): onnx.checker,
-    opset <= 17, IR <= 9, names, and max |torch - onnxruntime| and max |row
-    sum - 1| <= PARITY_TOLERANCE at ``size`` and at the manifest's fast_size on
-    ``check_images`` (preprocessed by zeroshot.images; synthetic if none).
+    padding of ``size``. Validation: see :func:`export_validated`.
     """
     cfg = image_config(backbone, size)
-    size = cfg["size"]
+    model = ProbabilityHead(load_efficientnet_lite(backbone, image_size=cfg["size"]), temperature).eval()
+    record = export_validated(model, out_path, cfg, (OUTPUT_NAME,), check_images)
+    # key "variant" kept: renaming it would change the built manifest
+    record.update({"variant": backbone, "temperature": float(temperature)})
+    return record
+
+
+def export_rung(backbones: Sequence[str], out_path: Path, size: int, mirror: bool = False,
+                check_images: Sequence[Path] = ()) -> Dict[str, Any]:
+    """Export a :class:`RungHead` of the EfficientNet-Lite ``backbones`` at ``size`` and validate it.
+
+    The graph takes ``pixel_values`` float32 (batch, 3, height, width) and
+    returns ``image_probs`` float32 (batch, 1000) and ``image_features``
+    float32 (batch, 1280 x len(backbones)). Returns the validation record.
+    """
+    cfg = image_config(backbones[-1], size)
+    members = [FeatureBackbone(load_efficientnet_lite(b, image_size=size)) for b in backbones]
+    model = RungHead(members, mirror).eval()
+    record = export_validated(model, out_path, cfg, (OUTPUT_NAME, FEATURES_NAME), check_images)
+    record.update({"backbones": list(backbones), "mirror": bool(mirror)})
+    return record
+
+
+def export_validated(model: nn.Module, out_path: Path, cfg: Dict[str, Any], outputs: Sequence[str],
+                     check_images: Sequence[Path] = ()) -> Dict[str, Any]:
+    """Export ``model`` to ONNX with ``outputs`` and validate it; returns the validation record.
+
+    Validation (raises ValueError on failure): onnx.checker, opset <= 17, IR
+    <= 9, names, and max |torch - onnxruntime| and max |row sum - 1| <=
+    PARITY_TOLERANCE at ``cfg["size"]`` and at cfg["fast_size"] on
+    ``check_images`` (preprocessed by zeroshot.images; synthetic if none).
+    """
+    size = int(cfg["size"])
     out_path = Path(out_path)
     out_path.parent.mkdir(parents=True, exist_ok=True)
-    model = ProbabilityHead(load_efficientnet_lite(backbone, image_size=size), temperature).eval()
-    _torch_export(model, out_path, size)
+    _torch_export(model, out_path, size, outputs)
     _optimize_offline(out_path)
     _, ir_version = finalize_onnx(out_path)
-    _check_names(out_path)
-    record: Dict[str, Any] = {"variant": backbone,  # key kept: renaming it would change the built manifest
-                              "temperature": float(temperature), "opset": OPSET,
-                              "ir_version": ir_version, "tolerance": PARITY_TOLERANCE,
+    _check_names(out_path, outputs)
+    record: Dict[str, Any] = {"opset": OPSET, "ir_version": ir_version, "tolerance": PARITY_TOLERANCE,
                               "check_images": len(check_images) or PARITY_IMAGES,
                               "check_source": "files" if check_images else "synthetic",
                               "max_abs_diff": {}, "max_row_sum_error": 0.0}
     for side in sorted({size, cfg["fast_size"]}, reverse=True):
-        diff, row_err = _parity(model, out_path, _check_pixels(check_images, cfg, side))
+        diff, row_err = _parity(model, out_path, _check_pixels(check_images, cfg, side), outputs)
         record["max_abs_diff"][str(side)] = diff
         record["max_row_sum_error"] = max(record["max_row_sum_error"], row_err)
         if not (diff <= PARITY_TOLERANCE and row_err <= PARITY_TOLERANCE):

@@ -22,20 +22,25 @@ def _file_entries(model_dir: Path, files: Dict[str, str]) -> Dict[str, Dict[str,
 
 
 def write_manifest(model_dir: Path, files: Dict[str, str], sections: Dict[str, Any],
-                   variants: Optional[Dict[str, Dict[str, str]]] = None) -> Dict[str, Any]:
+                   variants: Optional[Dict[str, Dict[str, str]]] = None,
+                   variant_extras: Optional[Dict[str, Dict[str, Any]]] = None) -> Dict[str, Any]:
     """Write model_dir/manifest.json and return it.
 
     files: role ("image_encoder", "text_encoder", "tokenizer") -> file name
     inside ``model_dir``; sections: the other top-level entries (name, image,
     text, score, balance, batch_size, validation, ...); variants: name -> the
-    roles whose files it replaces (e.g. an "int8" variant naming another image_encoder file).
+    roles whose files it replaces (e.g. an "int8" variant naming another image_encoder file);
+    variant_extras: name -> further entries of that variant (its ``image`` overrides,
+    a description).
     """
     model_dir = Path(model_dir)
     manifest: Dict[str, Any] = {"format_version": FORMAT_VERSION}
     manifest.update(sections)
     manifest["files"] = _file_entries(model_dir, files)
     if variants:
-        manifest["variants"] = {name: {"files": _file_entries(model_dir, vf)} for name, vf in sorted(variants.items())}
+        extras = variant_extras or {}
+        manifest["variants"] = {name: {**extras.get(name, {}), "files": _file_entries(model_dir, vf)}
+                                for name, vf in sorted(variants.items())}
     path = model_dir / MANIFEST_NAME
     validate_manifest(manifest, path)
     path.write_text(json.dumps(manifest, ensure_ascii=False, indent=2, sort_keys=True) + "\n", encoding="utf-8")

@@ -112,10 +112,16 @@ def build_tokenizer(prefix: Path, seed: int, vocab: int = TOKENIZER_VOCAB) -> Pa
     return prefix.with_suffix(".model")
 
 
-def build_tiny_model(out_dir: Path, seed: int = 0, overrides: Optional[Dict[str, Any]] = None) -> Dict[str, Any]:
+# An accuracy ladder for tests: the same graph at two input sizes.
+LADDER = {"small": {"image": {"size": 16, "fast_size": 16}}, "large": {"image": {"size": IMAGE_SIZE}}}
+
+
+def build_tiny_model(out_dir: Path, seed: int = 0, overrides: Optional[Dict[str, Any]] = None,
+                     ladder: bool = False) -> Dict[str, Any]:
     """Write a complete tiny model folder and return its manifest.
 
-    ``overrides`` replaces top-level manifest sections (e.g. {"balance": None}).
+    ``overrides`` replaces top-level manifest sections (e.g. {"balance": None});
+    ``ladder`` adds the two-rung accuracy ladder LADDER.
     """
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -137,7 +143,11 @@ def build_tiny_model(out_dir: Path, seed: int = 0, overrides: Optional[Dict[str,
                          "min_images_per_class": 2},
     }
     sections.update(overrides or {})
-    return write_manifest(out_dir, model_files(), sections)
+    if not ladder:
+        return write_manifest(out_dir, model_files(), sections)
+    sections["ladder"] = list(LADDER)
+    return write_manifest(out_dir, model_files(), sections,
+                          {name: {"image_encoder": model_files()["image_encoder"]} for name in LADDER}, LADDER)
 
 
 def main(argv: Optional[List[str]] = None) -> int:

@@ -1,20 +1,20 @@
-"""Measure the default model's design choices on a labelled dev set, from cached encoder outputs.
+"""Measure the default model's design choices on the four dev-set yardsticks, from cached encoder outputs.
 
-Caches (in --cache) the ImageNet probabilities of every dev image and the
-USE-m embeddings of the concept bank, then scores the default and one change
-at a time (the ABLATIONS below: prompt templates, the bank's English lemmas,
-inflections and visual proxies, held-out dev class names, concept scale and
-top-k, Sinkhorn balancing, prototype refinement). Prints one line per setting
-(mean accuracy x 100 and the difference to the default) to stdout, in the
-order of ABLATIONS.
+For every setting it prints the mean accuracy x 100 on (a) ``dev``, the dev
+set; (b) ``holdout``, the dev set with every vocabulary entry that names a
+dev class (in any inflection) removed from the concept bank, ImageNet's
+primary class names kept; (c) ``px32``, the dev images downscaled to 32x32 px
+and upscaled by the runtime's preprocessing like any image; (d)
+``imbalanced``, a fixed-seed subset with 5 to 30 images per class
+(train/yardsticks.py makes (b)-(d) from the dev set).
 
-The image side is the shipped one by default: the image encoder of the model
-folder ``--model`` (default: the repo's model/, built by ``make model``; its
-default file, or ``--variant fp32``) at the manifest's size and preprocessing.
-``--backbone lite0|lite1|lite2 [--size N]`` measures another EfficientNet-Lite
-through torch instead.
+Image outputs (ImageNet logits and pooled penultimate features of every
+EfficientNet-Lite the settings use, at each size, and of the mirrored images)
+come from the torch models and are cached in --cache; the USE-m embeddings of
+the concept bank too. Every number is then computed by the runtime's own
+scoring (zeroshot.scoring.predict) from these outputs, as predict.py would.
 
-Usage: ``python -m train.tune_default`` (the dev set beside the repo, see zeroshot/limits.py).
+Usage: ``python -m train.tune_default [--data DATASETS] [--sets dev,holdout] [--only default,...]``.
 """
 
 from __future__ import annotations
@@ -22,164 +22,292 @@ from __future__ import annotations
 import json
 import logging
 import sys
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Dict, List, Optional
+from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 
-from zeroshot.datasets import discover
+from zeroshot.command import make_parser, parse_args
+from zeroshot.datasets import Dataset, discover
 from zeroshot.images import load_image, preprocess
-from zeroshot.limits import DEV_GT, DEVSETS_DIR, MODEL_DIR
-from zeroshot.manifest import load_manifest, resolve_file, sha256_file
+from zeroshot.limits import DEV_GT, DEVSETS_DIR
 from zeroshot.scoring import class_logits, predict
 from zeroshot.text import normalize_name
 
 from .concepts import GROUP_FILES, concept_similarities, load_bank, mix
-from .build_default import NORMALIZE, SCORE, TRANSDUCTIVE
 from .text_encoder import embed_texts
-from zeroshot.command import make_parser, parse_args
+from .yardsticks import YARDSTICKS, downscale, holdout_filter, imbalanced_subset
 
 logger = logging.getLogger(__name__)
 
-def _pixels(paths: List[Path], cfg: Dict) -> np.ndarray:
-    """float32 (N, 3, S, S) through the runtime's preprocessing at cfg["size"]."""
-    return np.stack([preprocess(load_image(p, cfg["size"]), cfg, cfg["size"]) for p in paths])
+DEFAULT_CACHE = Path("/tmp/zeroshot_tune_i12")
+
+Member = Tuple[str, int, bool]  # (EfficientNet-Lite backbone, input size, mirrored)
 
 
-def image_logits(paths: List[Path], backbone: str, cfg: Dict) -> np.ndarray:
-    """ImageNet logits (N, 1000) of the images through EfficientNet-Lite ``backbone`` (torch)."""
+@dataclass
+class ImageOutputs:
+    """Encoder outputs of one dataset for one (arch, size, mirrored): logits (N, 1000), features (N, 1280)."""
+
+    logits: np.ndarray
+    features: np.ndarray
+
+
+def _load(path: Path, transform: Optional[str], size: int):
+    img = load_image(path, size)
+    return downscale(img) if transform == "px32" else img
+
+
+def encode(paths: Sequence[Path], arch: str, size: int, transform: Optional[str]) -> Dict[bool, ImageOutputs]:
+    """Torch EfficientNet-Lite outputs of the images and of their mirror images: {mirrored: outputs}."""
     import torch
 
-    from .image_encoder import load_efficientnet_lite
+    from .image_encoder import FeatureBackbone, image_config, load_efficientnet_lite
 
-    model = load_efficientnet_lite(backbone, image_size=cfg["size"])
-    out = []
+    torch.set_num_threads(1)  # one thread per process: the cache is filled by several processes in parallel
+    cfg = image_config(arch, size)
+    model = FeatureBackbone(load_efficientnet_lite(arch, image_size=size)).eval()
+    out: Dict[bool, List[Tuple[np.ndarray, np.ndarray]]] = {False: [], True: []}
     with torch.no_grad():
         for start in range(0, len(paths), 32):
-            out.append(model(torch.from_numpy(_pixels(paths[start:start + 32], cfg))).numpy())
-    return np.concatenate(out)
+            batch = np.stack([preprocess(_load(p, transform, size), cfg, size) for p in paths[start:start + 32]])
+            for mirrored in (False, True):
+                pixels = torch.from_numpy(np.ascontiguousarray(batch[..., ::-1] if mirrored else batch))
+                logits, feats = model(pixels)
+                out[mirrored].append((logits.numpy(), feats.numpy()))
+    return {m: ImageOutputs(np.concatenate([a for a, _ in rows]), np.concatenate([b for _, b in rows]))
+            for m, rows in out.items()}
 
 
-def shipped_log_probs(paths: List[Path], model_dir: Path, variant: Optional[str]) -> np.ndarray:
-    """log ImageNet probabilities (N, 1000) through the model folder's ONNX image encoder (as predict.py runs it)."""
-    from .image_encoder import run_encoder
-    from zeroshot.encoders import make_session
+class ImageCache:
+    """Encoder outputs per (dataset, image set, arch, size, mirrored), computed once and kept in ``folder``."""
 
-    manifest = load_manifest(model_dir)
-    session = make_session(resolve_file(manifest, model_dir, "image_encoder", variant=variant), threads=1)
-    probs = np.concatenate([run_encoder(session, _pixels(paths[start:start + 32], manifest["image"]))
-                            for start in range(0, len(paths), 32)])
-    return np.log(np.maximum(probs, 1e-30))
+    def __init__(self, folder: Path) -> None:
+        self.folder = folder
+        self.memory: Dict[Tuple[str, str, str, int, bool], ImageOutputs] = {}
+
+    def get(self, ds: Dataset, image_set: str, member: Member) -> ImageOutputs:
+        arch, size, mirrored = member
+        key = (ds.name, image_set, arch, size, mirrored)
+        if key not in self.memory:
+            files = {m: self.folder / f"img_{ds.name}_{len(ds.images)}_{image_set}_{arch}_{size}_{int(m)}.npz"
+                     for m in (False, True)}
+            if not all(f.is_file() for f in files.values()):
+                logger.info("encoding %s (%s) with %s at %d px", ds.name, image_set, arch, size)
+                outs = encode(ds.images, arch, size, "px32" if image_set == "px32" else None)
+                self.folder.mkdir(parents=True, exist_ok=True)
+                for m, o in outs.items():
+                    np.savez(files[m], logits=o.logits, features=o.features)
+            data = np.load(files[mirrored])
+            self.memory[key] = ImageOutputs(data["logits"], data["features"])
+        return self.memory[key]
 
 
-def _cached(path: Path, make) -> np.ndarray:
-    if path.is_file():
-        return np.load(path)
-    arr = make()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    np.save(path, arr)
-    return arr
+def _softmax(z: np.ndarray) -> np.ndarray:
+    e = np.exp(z - z.max(axis=1, keepdims=True))
+    return e / e.sum(axis=1, keepdims=True)
 
 
-def _setting(**changes) -> Dict:
-    """The default model's settings (train/build_default.py) with ``changes`` applied."""
+def image_vectors(outs: Sequence[ImageOutputs], features: str) -> Tuple[np.ndarray, np.ndarray]:
+    """An ensemble's (probabilities (N, 1000), transductive features (N, F)), as the exported graph forms them.
+
+    Probabilities are the mean of the members' softmax; ``features`` is
+    ``probs`` (the mean probabilities) or ``penultimate`` (the members' pooled
+    features, each L2-normalised, concatenated over architectures).
+    """
+    probs = np.mean([_softmax(o.logits) for o in outs], axis=0)
+    if features == "probs":
+        return probs, probs
+    unit = [o.features / np.maximum(np.linalg.norm(o.features, axis=1, keepdims=True), 1e-12) for o in outs]
+    return probs, np.concatenate(unit, axis=1)
+
+
+def ensemble(cache: ImageCache, ds: Dataset, image_set: str, members: Sequence[Member],
+             features: str) -> Tuple[np.ndarray, np.ndarray]:
+    """(probabilities, features) of ``members``: mirrored members are averaged with their unmirrored twin."""
+    groups: Dict[Tuple[str, int], List[ImageOutputs]] = {}
+    for arch, size, mirrored in members:
+        groups.setdefault((arch, size), []).append(cache.get(ds, image_set, (arch, size, mirrored)))
+    merged = [ImageOutputs(np.mean([o.logits for o in g], axis=0), np.mean([o.features for o in g], axis=0))
+              for g in groups.values()]
+    return image_vectors(merged, features)
+
+
+def rung_members(name: str) -> List[Member]:
+    """The (arch, size, mirrored) encoder outputs a rung of train.build_default.RUNGS averages."""
+    from .build_default import RUNGS
+
+    rung = next(r for r in RUNGS if r["name"] == name)
+    mirrors = (False, True) if rung.get("mirror") else (False,)
+    return [(arch, rung["size"], m) for arch in rung["backbones"] for m in mirrors]
+
+
+def _setting(**changes: Any) -> Dict[str, Any]:
+    """The default model's settings (train/build_default.py) with ``changes`` applied.
+
+    The image side is the rung predict.py chooses for 2,200 images on one core
+    (build_default.MEASURED_RUNG), with its penultimate features for the
+    transductive step.
+    """
     from . import build_default as d
 
-    base = {"templates": d.TEMPLATES, "english": d.ENGLISH_ENTRIES, "inflect": True, "proxies": True,
-            "holdout": False, "scale": d.CONCEPT_SCALE,
-            "top_k": d.CONCEPT_TOP_K, "balance": d.BALANCE, "transductive": d.TRANSDUCTIVE}
+    base = {"templates": d.TEMPLATES, "english": d.ENGLISH_ENTRIES, "inflect": True, "group_files": GROUP_FILES,
+            "scale": d.CONCEPT_SCALE, "top_k": d.CONCEPT_TOP_K, "balance": d.BALANCE,
+            "transductive": d.TRANSDUCTIVE, "members": rung_members(d.MEASURED_RUNG), "features": "penultimate"}
     base.update(changes)
     return base
 
 
-TRANS = TRANSDUCTIVE
-ABLATIONS = [
-    ("default", {}),
-    ("templates: only '{}'", {"templates": ["{}"]}),
-    ("templates: + 'изображение {}'", {"templates": ["{}", "фото {}", "изображение {}"]}),
-    ("bank: + English lemmas", {"english": True}),
-    ("bank: no inflections", {"inflect": False}),
-    ("bank: no visual proxies", {"proxies": False}),
-    ("bank: dev class names out of proxies", {"holdout": "proxies"}),
-    ("bank: dev class names out of groups+proxies", {"holdout": "all"}),
-    ("concept scale 10", {"scale": 10.0}),
-    ("concept scale 40", {"scale": 40.0}),
-    ("concept top-k 1", {"top_k": 1}),
-    ("concept top-k 20", {"top_k": 20}),
-    ("no Sinkhorn balancing", {"balance": None}),
-    ("no prototype refinement", {"transductive": None}),
-    ("neither balancing nor refinement", {"balance": None, "transductive": None}),
-    ("refinement: 1 iteration", {"transductive": {**TRANS, "iterations": 1}}),
-    ("refinement: 10 iterations", {"transductive": {**TRANS, "iterations": 10}}),
-    ("refinement: weight 2", {"transductive": {**TRANS, "weight": 2.0}}),
-    ("refinement: weight 0.5", {"transductive": {**TRANS, "weight": 0.5}}),
-    ("refinement: not centred", {"transductive": {**TRANS, "center": False}}),
-    ("refinement: probabilities, not log", {"transductive": {**TRANS, "log_features": False}}),
-]
+class TextSide:
+    """Class weights (C, 1000) of the class names for a setting, with or without the dev names held out."""
+
+    def __init__(self, cache: Path, normalize: Callable[[str], str], held_out: Sequence[str]) -> None:
+        self.cache, self.norm = cache, normalize
+        self.held_out = list(held_out)
+        self.banks: Dict[Tuple, Tuple] = {}
+        self.queries: Dict[str, np.ndarray] = {}
+
+    def _bank(self, s: Dict[str, Any], holdout: bool) -> Tuple:
+        rows = holdout and s.get("holdout_rows", False)
+        key = (s["english"], s["inflect"], len(s["group_files"]), holdout) + (("rows",) if rows else ())
+        if key not in self.banks:
+            drop = None
+            if holdout:
+                import pymorphy3
+
+                drop = holdout_filter(self.held_out, pymorphy3.MorphAnalyzer())
+            bank = load_bank(self.norm, english=s["english"], inflect=s["inflect"], drop=drop, drop_rows=rows,
+                             group_files=s["group_files"])
+            path = self.cache / f"bank_{'_'.join(str(v) for v in key)}_{len(bank.texts)}.npy"
+            if path.is_file():
+                emb = np.load(path)
+            else:
+                emb = embed_texts(bank.texts)
+                path.parent.mkdir(parents=True, exist_ok=True)
+                np.save(path, emb)
+            self.banks[key] = (bank, emb, bank.entry_index())
+        return self.banks[key]
+
+    def _embed(self, prompts: List[str]) -> np.ndarray:
+        missing = [p for p in prompts if p not in self.queries]
+        if missing:
+            self.queries.update(zip(missing, embed_texts(missing)))
+        return np.stack([self.queries[p] for p in prompts])
+
+    def weights(self, s: Dict[str, Any], classes: Sequence[str], holdout: bool) -> np.ndarray:
+        bank, emb, index = self._bank(s, holdout)
+        per_template = []
+        for template in s["templates"]:
+            q = self._embed([template.replace("{}", self.norm(c)) for c in classes])
+            per_template.append(mix(concept_similarities(q, emb, index), bank.distributions, s["scale"],
+                                    (s["top_k"],)))
+        return np.mean(per_template, axis=0)
+
+
+def score_dataset(s: Dict[str, Any], w: np.ndarray, probs: np.ndarray, feats: np.ndarray, truth: np.ndarray,
+                  class_mask: np.ndarray) -> float:
+    """Accuracy x 100 of the runtime's scoring (class logits, balance, transductive step) on one image set."""
+    from .build_default import SCORE
+
+    logits = class_logits(probs, w, SCORE)
+    pred = predict(logits, np.ones(len(logits), bool), class_mask, s["balance"], feats.astype(np.float32),
+                   s["transductive"])
+    return 100.0 * float((pred == truth).mean())
+
+
+def evaluate(s: Dict[str, Any], datasets: List[Dataset], gt: Dict[str, Dict[str, int]], cache: ImageCache,
+             text: TextSide, sets: Sequence[str] = YARDSTICKS) -> Dict[str, float]:
+    """The yardsticks ``sets`` of setting ``s``: {yardstick: mean accuracy x 100 over datasets}."""
+    scores: Dict[str, List[float]] = {k: [] for k in sets}
+    for ds in datasets:
+        truth = np.array([gt[ds.name][i] for i in ds.ids])
+        mask = ds.class_mask()
+        w_full = text.weights(s, ds.classes, holdout=False)
+        probs, feats = ensemble(cache, ds, "dev", s["members"], s["features"])
+        if "dev" in sets:
+            scores["dev"].append(score_dataset(s, w_full, probs, feats, truth, mask))
+        if "holdout" in sets:
+            w_held = text.weights(s, ds.classes, holdout=True)
+            scores["holdout"].append(score_dataset(s, w_held, probs, feats, truth, mask))
+        if "imbalanced" in sets:
+            keep = imbalanced_subset(truth)
+            scores["imbalanced"].append(score_dataset(s, w_full, probs[keep], feats[keep], truth[keep], mask))
+        if "px32" in sets:
+            small_p, small_f = ensemble(cache, ds, "px32", s["members"], s["features"])
+            scores["px32"].append(score_dataset(s, w_full, small_p, small_f, truth, mask))
+    return {k: float(np.mean(v)) for k, v in scores.items()}
+
+
+def ablations() -> List[Tuple[str, Dict[str, Any]]]:
+    """(label, changes to the default) for every setting the table shows."""
+    from . import build_default as d
+
+    trans, bal = d.TRANSDUCTIVE, d.BALANCE
+    sinkhorn = {"method": "sinkhorn", "iterations": 3, "min_images_per_class": 5}
+    em = {"method": "em", "iterations": 3, "em_iterations": 20, "pseudo_count": 2.0, "min_images_per_class": 5}
+    before = {"balance": sinkhorn, "features": "probs", "members": rung_members("fp32"),
+              "transductive": {**trans, "scale": 10.0, "log_features": True}, "group_files": GROUP_FILES[:2]}
+    rows = [("default", {}), ("before issue 12 (fp32 rung, log-probability features, Sinkhorn)", before)]
+    rows.append(("holdout: whole rows naming a dev class removed (stricter)", {"holdout_rows": True}))
+    rows += [(f"rung {r['name']}", {"members": rung_members(r["name"])}) for r in d.RUNGS
+             if "backbones" in r and r["name"] != d.MEASURED_RUNG]
+    return rows + [
+        ("bank: without everyday_ru.tsv", {"group_files": GROUP_FILES[:2]}),
+        ("no balancing", {"balance": None}),
+        ("balance: Sinkhorn to equal classes", {"balance": sinkhorn}),
+        ("balance: EM priors (Saerens)", {"balance": em}),
+        ("balance: estimated, 1 round", {"balance": {**bal, "rounds": 1}}),
+        ("balance: estimated, 3 rounds", {"balance": {**bal, "rounds": 3}}),
+        ("features: log-probabilities", {"features": "probs", "transductive": {**trans, "log_features": True}}),
+        ("no prototype refinement", {"transductive": None}),
+        ("refinement: scale 10", {"transductive": {**trans, "scale": 10.0}}),
+        ("refinement: scale 30", {"transductive": {**trans, "scale": 30.0}}),
+        ("refinement: 10 iterations", {"transductive": {**trans, "iterations": 10}}),
+    ]
+
+
+def print_table(rows: List[Tuple[str, Dict[str, float]]]) -> None:
+    """Markdown table of the settings' yardsticks, with the differences to the first row."""
+    base = rows[0][1]
+    sys.stdout.write("| setting | " + " | ".join(YARDSTICKS) + " |\n|---|" + "---|" * len(YARDSTICKS) + "\n")
+    for label, scores in rows:
+        cells = [("" if k not in scores else f"{scores[k]:.2f}")
+                 + ("" if scores is base or k not in scores or k not in base else f" ({scores[k] - base[k]:+.2f})")
+                 for k in YARDSTICKS]
+        sys.stdout.write(f"| {label} | " + " | ".join(cells) + " |\n")
+    sys.stdout.flush()
 
 
 def main(argv: Optional[List[str]] = None) -> int:
     parser = make_parser("python -m train.tune_default", __doc__.split("\n")[0])
     parser.add_argument("--data", type=Path, default=DEVSETS_DIR, help="datasets folder (default: %(default)s)")
-    parser.add_argument("--gt", type=Path, default=DEV_GT, help="ground truth (default: %(default)s)")
-    parser.add_argument("--model", type=Path, default=MODEL_DIR,
-                        help="model folder whose image encoder is measured (default: %(default)s)")
-    parser.add_argument("--variant", default=None, help="a variant of --model's manifest (default: its default files)")
-    parser.add_argument("--backbone", choices=("lite0", "lite1", "lite2"), default=None,
-                        help="measure this EfficientNet-Lite through torch instead of --model's encoder")
-    parser.add_argument("--size", type=int, default=None, help="--backbone's image size (default: its native size)")
-    parser.add_argument("--cache", type=Path, default=Path("/tmp/zeroshot_tune"))
+    parser.add_argument("--gt", type=Path, default=None, help=f"ground truth (default: DATA/gt.json, {DEV_GT})")
+    parser.add_argument("--cache", type=Path, default=DEFAULT_CACHE)
+    parser.add_argument("--only", default=None, help="comma-separated labels of the settings to run")
+    parser.add_argument("--sets", default=",".join(YARDSTICKS),
+                        help="comma-separated yardsticks to measure (default: all four)")
+    parser.add_argument("--json", type=Path, default=None, help="also write the table as JSON here")
     args = parse_args(parser, argv)
-    from .image_encoder import image_config
+    from .build_default import NORMALIZE
 
-    gt = json.loads(args.gt.read_text(encoding="utf-8"))
+    gt_path = args.gt or args.data / "gt.json"
+    if not gt_path.is_file():
+        raise FileNotFoundError(f"{gt_path}: ground truth not found (pass --gt)")
+    gt = json.loads(gt_path.read_text(encoding="utf-8"))
     datasets, _ = discover(args.data)
-    norm = lambda s: normalize_name(s, NORMALIZE)  # noqa: E731
-    banks: Dict = {}
-    logits_img = {}
-    if args.backbone:
-        cfg = image_config(args.backbone, args.size)
-        source = f"{args.backbone}_{cfg['size']}_{cfg['resize']}_{cfg['mean'][0]:.3f}"
-    else:
-        manifest = load_manifest(args.model)
-        source = sha256_file(resolve_file(manifest, args.model, "image_encoder", variant=args.variant))[:16]
-    logger.info("image side: %s", f"torch {args.backbone} at {cfg['size']} px" if args.backbone else
-                f"{args.model} (variant {args.variant or 'default'})")
-    for ds in datasets:
-        make = ((lambda: image_logits(ds.images, args.backbone, cfg)) if args.backbone else
-                (lambda: shipped_log_probs(ds.images, args.model, args.variant)))
-        logits_img[ds.name] = _cached(args.cache / f"img_{ds.name}_{len(ds.images)}_{source}.npy", make)
+    norm = lambda t: normalize_name(t, NORMALIZE)  # noqa: E731
+    cache = ImageCache(args.cache)
+    text = TextSide(args.cache, norm, [c for ds in datasets for c in ds.classes])
+    wanted = set(args.only.split(",")) if args.only else None
     rows = []
-    for label, changes in ABLATIONS:
-        s = _setting(**changes)
-        bkey = (s["english"], s["inflect"], s["proxies"], s["holdout"])
-        if bkey not in banks:
-            exclude = [norm(c) for ds in datasets for c in ds.classes] if s["holdout"] else []
-            bank = load_bank(norm, english=s["english"], inflect=s["inflect"], exclude=exclude,
-                             exclude_from=GROUP_FILES if s["holdout"] == "all" else GROUP_FILES[1:],
-                             group_files=GROUP_FILES if s["proxies"] else GROUP_FILES[:1])
-            emb = _cached(args.cache / f"bank_{'_'.join(str(v) for v in bkey)}_{len(bank.texts)}.npy",
-                          lambda: embed_texts(bank.texts))
-            banks[bkey] = (bank, emb, bank.entry_index())
-        bank, emb, index = banks[bkey]
-        accs = []
-        for ds in datasets:
-            truth = np.array([gt[ds.name][i] for i in ds.ids])
-            prompts = [t.replace("{}", norm(c)) for t in s["templates"] for c in ds.classes]
-            q = embed_texts(prompts).reshape(len(s["templates"]), len(ds.classes), -1)
-            w = np.mean([mix(concept_similarities(q[t], emb, index), bank.distributions, s["scale"],
-                             (s["top_k"],)) for t in range(len(s["templates"]))], axis=0)
-            z = logits_img[ds.name]
-            p = np.exp(z - z.max(1, keepdims=True))
-            p /= p.sum(1, keepdims=True)
-            pred = predict(class_logits(p, w, SCORE), np.ones(len(p), bool), ds.class_mask(), s["balance"], p,
-                           s["transductive"])
-            accs.append(100 * float((pred == truth).mean()))
-        rows.append((label, float(np.mean(accs))))
-    base = rows[0][1]
-    sys.stdout.write(f"{'setting':<36} {'score':>6} {'vs default':>10}\n")
-    for label, acc in rows:
-        sys.stdout.write(f"{label:<36} {acc:6.2f} {acc - base:+10.2f}\n")
+    for label, changes in ablations():
+        if wanted is None or label in wanted:
+            rows.append((label, evaluate(_setting(**changes), datasets, gt, cache, text, args.sets.split(","))))
+            logger.info("%s: %s", label, rows[-1][1])
+    print_table(rows)
+    if args.json:
+        args.json.write_text(json.dumps(dict(rows), indent=1, ensure_ascii=False) + "\n", encoding="utf-8")
     return 0
 
 

@@ -27,9 +27,11 @@ from typing import Any, Iterator, List, Optional
 from .budget import Budget
 from .command import make_parser, parse_args
 from .datasets import Dataset, discover
-from .encoders import Model
+from .encoders import Model, make_session
 from .images import MAX_DECODE_PIXELS
+from .ladder import select_rung
 from .limits import JUDGE_TIME_LIMIT_S, MODEL_DIR
+from .manifest import load_manifest
 from .outputs import Predictions, PredictionsFile
 from .pipeline import Decoder, DatasetResult, run_all
 from .report import RunReport, package_versions
@@ -78,6 +80,9 @@ def build_parser() -> argparse.ArgumentParser:
                         help="model folder with manifest.json (default: %(default)s)")
     parser.add_argument("--variant", default=None,
                         help="a variant listed in the manifest (e.g. int8) whose files replace the defaults")
+    parser.add_argument("--rung", default=None,
+                        help="a rung of the manifest's accuracy ladder to use instead of the one chosen "
+                             "for the image count and this machine's speed")
     parser.add_argument("--batch-size", type=positive_int, default=None,
                         help="images per encoder run (default: manifest)")
     parser.add_argument("--threads", type=positive_int, default=None,
@@ -150,10 +155,18 @@ def initial_predictions(datasets: List[Dataset]) -> Predictions:
     return {ds.name: {image_id: ds.prior_class() for image_id in ds.ids} for ds in datasets}
 
 
-def make_model(args: argparse.Namespace, limit: CpuLimit) -> Model:
-    """The model with onnxruntime sized to ``limit`` (no spinning under a cgroup quota or on one CPU)."""
+def make_model(args: argparse.Namespace, limit: CpuLimit, paths: List[Path], budget_s: float) -> Model:
+    """The model with onnxruntime sized to ``limit`` (no spinning under a cgroup quota or on one CPU).
+
+    Without ``--variant``, the accuracy ladder (zeroshot.ladder) picks the
+    variant for the images ``paths`` and ``budget_s`` seconds.
+    """
     spinning = limit.cpus > 1 and limit.source in (AFFINITY, FLAG)
-    return Model(args.model, threads=limit.cpus, variant=args.variant, spinning=spinning)
+    variant = args.variant
+    if variant is None:
+        variant = select_rung(args.model, load_manifest(args.model), args.rung, paths, budget_s, limit.cpus,
+                              lambda path, threads: make_session(path, threads, spinning))
+    return Model(args.model, threads=limit.cpus, variant=variant, spinning=spinning)
 
 
 def main(argv: Optional[List[str]] = None) -> int:
@@ -184,7 +197,8 @@ def predict_all(args: argparse.Namespace, datasets: List[Dataset], problems: Lis
         logger.warning("%s", problem)
     limit = effective_cpus(args.threads)
     try:
-        model = make_model(args, limit)
+        model = make_model(args, limit, [p for ds in datasets for p in ds.images],
+                           args.time_budget - (time.monotonic() - started))
     except (FileNotFoundError, ValueError) as exc:
         logger.error("%s", exc)
         return 2
@@ -198,7 +212,7 @@ def predict_all(args: argparse.Namespace, datasets: List[Dataset], problems: Lis
     decode = "inline" if workers == 0 else f"{workers} threads"
     report = RunReport(args.report, {"threads": limit.cpus, "cpu_source": limit.source, "cpu_detail": limit.detail,
                                      "decode": decode, "model": {"name": model.manifest.get("name"),
-                                                                 "dir": str(args.model), "variant": args.variant}})
+                                                                 "dir": str(args.model), "variant": model.variant}})
     logger.info("%d datasets, %d images, model %s, %d threads (%s: %s), decoding %s, budget %.0f s",
                 len(datasets), total, args.model, limit.cpus, limit.source, limit.detail, decode, args.time_budget)
 

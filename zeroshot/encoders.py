@@ -18,7 +18,7 @@ from typing import Any, Dict, List, Optional, Sequence, Tuple
 import numpy as np
 
 from .linear import load_head
-from .manifest import load_manifest, resolve_file
+from .manifest import load_manifest, resolve_file, variant_image_config
 from .resources import effective_cpus
 from .text import build_prompts, load_tokenizer
 
@@ -80,7 +80,7 @@ class Model:
         self.variant = variant
         img_path = resolve_file(self.manifest, self.dir, "image_encoder", verify, variant)
         txt_path = resolve_file(self.manifest, self.dir, "text_encoder", verify, variant)
-        self.image_cfg: Dict[str, Any] = self.manifest["image"]
+        self.image_cfg: Dict[str, Any] = variant_image_config(self.manifest, variant)
         self.text_cfg: Dict[str, Any] = self.manifest["text"]
         self.tokenizer = load_tokenizer(self.manifest, self.dir, verify, variant)
         self._image = make_session(img_path, self.threads, spinning)

@@ -28,6 +28,7 @@ RESIZE_MODES = ("center_crop", "resize_center_crop", "crop_square", "squash")
 INTERPOLATIONS = ("nearest", "bilinear", "bicubic", "lanczos")
 SIMILARITIES = ("dot", "cosine")
 LOGIT_KINDS = ("linear", "log")
+BALANCE_METHODS = ("sinkhorn", "estimated", "em")
 TEXT_NORMALIZERS = ("strip", "collapse_spaces", "lowercase", "yo", "trailing_punct")
 
 
@@ -139,7 +140,16 @@ def _check_score(section: Dict[str, Any], path: Path) -> None:
 def _check_balance(section: Optional[Dict[str, Any]], path: Path) -> None:
     if section is None:
         return
-    _require(section.get("method") == "sinkhorn", path, "balance.method must be 'sinkhorn'")
+    _require(section.get("method") in BALANCE_METHODS, path, f"balance.method must be one of {BALANCE_METHODS}")
+    pseudo = section.get("pseudo_count", 0)
+    _require(isinstance(pseudo, (int, float)) and pseudo >= 0, path, "balance.pseudo_count must be a number >= 0")
+    temperature = section.get("temperature", 1.0)
+    _require(isinstance(temperature, (int, float)) and temperature > 0, path,
+             "balance.temperature must be a positive number")
+    rounds = section.get("rounds", 0)
+    _require(isinstance(rounds, int) and rounds >= 0, path, "balance.rounds must be an integer >= 0")
+    em_iters = section.get("em_iterations", 0)
+    _require(isinstance(em_iters, int) and em_iters >= 0, path, "balance.em_iterations must be an integer >= 0")
     iters = section.get("iterations")
     _require(isinstance(iters, int) and iters >= 0, path, "balance.iterations must be an integer >= 0")
     mpc = section.get("min_images_per_class", 0)
@@ -173,6 +183,24 @@ def _check_head(section: Optional[Dict[str, Any]], files: Dict[str, Any], path: 
              and len(set(classes)) == len(classes), path, "head.classes must be a list of 2+ distinct non-empty names")
 
 
+def _check_ladder(ladder: Any, variants: Dict[str, Any], path: Path) -> None:
+    """The ladder, if any, is a non-empty list of distinct variant names."""
+    if ladder is None:
+        return
+    _require(isinstance(ladder, list) and ladder and len(set(map(str, ladder))) == len(ladder), path,
+             "ladder must be a non-empty list of distinct variant names")
+    for name in ladder:
+        _require(isinstance(name, str) and name in variants, path, f"ladder rung {name!r} must be a variant")
+
+
+def variant_image_config(manifest: Dict[str, Any], variant: Optional[str]) -> Dict[str, Any]:
+    """The ``image`` section as ``variant`` runs it: the variant's ``image`` entries replace the defaults."""
+    cfg = dict(manifest["image"])
+    if variant is not None:
+        cfg.update(manifest.get("variants", {}).get(variant, {}).get("image", {}))
+    return cfg
+
+
 def validate_manifest(manifest: Dict[str, Any], path: Path) -> None:
     """Check the manifest's structure; raise ValueError naming the first problem."""
     _require(isinstance(manifest, dict), path, "top level must be an object")
@@ -194,6 +222,11 @@ def validate_manifest(manifest: Dict[str, Any], path: Path) -> None:
         _require(isinstance(vfiles, dict) and all(k in FILE_KEYS + OPTIONAL_FILE_KEYS and isinstance(v, dict) and isinstance(
             v.get("path"), str) and isinstance(v.get("sha256"), str) for k, v in vfiles.items()), path,
             f"variants.{name}.files must map file roles to {{'path', 'sha256'}}")
+    for name, variant in variants.items():
+        if "image" in variant:
+            _require(isinstance(variant["image"], dict), path, f"variants.{name}.image must be an object")
+            _check_image(variant_image_config(manifest, name), path)
+    _check_ladder(manifest.get("ladder"), variants, path)
     batch = manifest.get("batch_size", 16)
     _require(isinstance(batch, int) and batch > 0, path, "batch_size must be a positive integer")
 

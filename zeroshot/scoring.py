@@ -3,8 +3,10 @@
 The manifest's ``score`` section says how the logits are formed: a
 ``similarity`` between image and class vectors (dot or cosine), then the
 ``logit`` transform of that similarity (linear or log) times ``scale``. Its
-``balance`` section says whether the class frequencies within one dataset are
-balanced (Sinkhorn) before the argmax.
+``balance`` section says how the class frequencies within one dataset are
+treated before the argmax: ``sinkhorn`` assumes them equal, ``estimated``
+estimates them from the dataset's own predictions, ``em`` re-estimates the
+priors by EM (Saerens et al. 2002).
 """
 
 from __future__ import annotations
@@ -48,21 +50,67 @@ def softmax(x: np.ndarray, axis: int = -1) -> np.ndarray:
     return e / np.sum(e, axis=axis, keepdims=True)
 
 
-def sinkhorn(probs: np.ndarray, iterations: int) -> np.ndarray:
-    """Balance an (N, C) probability matrix towards equal class mass.
+def sinkhorn(probs: np.ndarray, iterations: int, target: Optional[np.ndarray] = None) -> np.ndarray:
+    """Balance an (N, C) probability matrix towards class masses ``target`` (default: equal).
 
-    Alternately scales columns to sum N/C over the classes that have any mass
-    and rows to sum 1. Zero columns (masked classes) stay zero.
+    Alternately scales columns to sum N x target (equal: N/C over the classes
+    that have any mass) and rows to sum 1. Zero columns (masked classes) stay zero.
     """
     p = probs.astype(np.float64)
     n, _ = p.shape
     live = p.sum(axis=0) > 0
-    target = n / max(int(live.sum()), 1)
+    share = np.full(live.sum(), 1.0 / max(int(live.sum()), 1)) if target is None else target[live]
     for _ in range(iterations):
         col = p.sum(axis=0)
-        p[:, live] *= target / np.maximum(col[live], _EPS)
+        p[:, live] *= n * share / np.maximum(col[live], _EPS)
         p /= np.maximum(p.sum(axis=1, keepdims=True), _EPS)
     return p
+
+
+def em_priors(probs: np.ndarray, iterations: int, pseudo_count: float = 0.0, temperature: float = 1.0) -> np.ndarray:
+    """Class priors (C,) of an (N, C) probability matrix by EM (Saerens et al. 2002); they sum to 1.
+
+    The probabilities, sharpened or softened as ``probs ** (1 / temperature)``
+    (softmax(logits / temperature)), are taken as posteriors under equal
+    priors over the classes with any mass. Each round adjusts them by the
+    current priors and sets the priors to the mean adjusted posterior,
+    smoothed by ``pseudo_count`` images per class (a Dirichlet prior towards
+    equal classes that keeps a class from vanishing). Masked classes get 0.
+    """
+    p = np.power(np.maximum(probs.astype(np.float64), 0.0), 1.0 / temperature)
+    p /= np.maximum(p.sum(axis=1, keepdims=True), _EPS)
+    live = p.sum(axis=0) > 0
+    k = max(int(live.sum()), 1)
+    priors = np.where(live, 1.0 / k, 0.0)
+    for _ in range(iterations):
+        adjusted = p * priors[None, :]
+        adjusted /= np.maximum(adjusted.sum(axis=1, keepdims=True), _EPS)
+        priors = np.where(live, adjusted.sum(axis=0) + pseudo_count, 0.0)
+        priors /= max(float(priors.sum()), _EPS)
+    return priors
+
+
+def balance_probs(probs: np.ndarray, cfg: Dict[str, Any], target: Optional[np.ndarray] = None) -> np.ndarray:
+    """(N, C) probabilities balanced as the manifest's ``balance`` section says.
+
+    ``sinkhorn``: towards equal class masses; ``estimated``: towards the
+    class shares ``target`` (equal when None; see :func:`predict`); ``em``:
+    re-weighted by the EM estimate of the class priors (``em_iterations``,
+    ``pseudo_count``, ``temperature``).
+    """
+    if cfg["method"] == "em":
+        priors = em_priors(probs, int(cfg.get("em_iterations", cfg["iterations"])),
+                           float(cfg.get("pseudo_count", 0.0)), float(cfg.get("temperature", 1.0)))
+        adjusted = probs.astype(np.float64) * priors[None, :]
+        return adjusted / np.maximum(adjusted.sum(axis=1, keepdims=True), _EPS)
+    return sinkhorn(probs, int(cfg["iterations"]), target if cfg["method"] == "estimated" else None)
+
+
+def estimate_shares(probs: np.ndarray, valid: np.ndarray, class_mask: np.ndarray, pseudo_count: float) -> np.ndarray:
+    """Class shares (C,) from the argmax counts of the valid rows, plus ``pseudo_count`` per allowed class."""
+    counts = np.bincount(probs[valid].argmax(axis=1), minlength=probs.shape[1]).astype(np.float64)
+    shares = np.where(class_mask, counts + pseudo_count, 0.0)
+    return shares / max(float(shares.sum()), _EPS)
 
 
 def _enough(section: Optional[Dict[str, Any]], n: int, n_classes: int) -> bool:
@@ -71,14 +119,14 @@ def _enough(section: Optional[Dict[str, Any]], n: int, n_classes: int) -> bool:
 
 
 def _balanced(logits: np.ndarray, valid: np.ndarray, class_mask: np.ndarray,
-              balance: Optional[Dict[str, Any]]) -> np.ndarray:
-    """Softmax of masked logits, invalid rows set to the prior, Sinkhorn-balanced if enabled: (N, C)."""
+              balance: Optional[Dict[str, Any]], target: Optional[np.ndarray] = None) -> np.ndarray:
+    """Softmax of masked logits, invalid rows set to the prior, balanced if enabled: (N, C)."""
     masked = np.where(class_mask[None, :], logits, -np.inf)
     probs = softmax(masked, axis=1)
     prior = probs[valid].mean(axis=0) if valid.any() else class_mask / max(class_mask.sum(), 1)
     probs[~valid] = prior
     if _enough(balance, len(probs), int(class_mask.sum())):
-        probs = sinkhorn(probs, int(balance["iterations"]))
+        probs = balance_probs(probs, balance, target)
     return probs
 
 
@@ -98,7 +146,7 @@ def unit_features(features: np.ndarray, valid: np.ndarray, center: bool, log: bo
 
 
 def refine(logits: np.ndarray, features: np.ndarray, valid: np.ndarray, class_mask: np.ndarray,
-           balance: Optional[Dict[str, Any]], cfg: Dict[str, Any]) -> np.ndarray:
+           balance: Optional[Dict[str, Any]], cfg: Dict[str, Any], target: Optional[np.ndarray] = None) -> np.ndarray:
     """Transductive prototypes: (N, C) probabilities after ``cfg["iterations"]`` rounds.
 
     Each round forms one prototype per class as the probability-weighted mean
@@ -106,13 +154,13 @@ def refine(logits: np.ndarray, features: np.ndarray, valid: np.ndarray, class_ma
     ``weight * scale * cosine(image, prototype)`` to the zero-shot ``logits``.
     """
     f = unit_features(features, valid, bool(cfg.get("center", True)), bool(cfg.get("log_features", False)))
-    probs = _balanced(logits, valid, class_mask, balance)
+    probs = _balanced(logits, valid, class_mask, balance, target)
     step = float(cfg["weight"]) * float(cfg["scale"])
     for _ in range(int(cfg["iterations"])):
         weights = np.where(valid[:, None], probs, 0.0)
         protos = weights.T @ f
         protos /= np.maximum(np.linalg.norm(protos, axis=1, keepdims=True), _EPS)
-        probs = _balanced(logits + step * (f @ protos.T), valid, class_mask, balance)
+        probs = _balanced(logits + step * (f @ protos.T), valid, class_mask, balance, target)
     return probs
 
 
@@ -126,13 +174,23 @@ def predict(logits: np.ndarray, valid: np.ndarray, class_mask: np.ndarray,
     (duplicates and empty names are masked); features: float32 (N, D) image
     features for the transductive step (used when ``transductive`` is set).
     Rows that are not valid get the mean probability of the valid rows (the
-    dataset's prior), so they still get a sensible class. Returns int64 (N,).
+    dataset's prior), so they still get a sensible class. With the
+    ``estimated`` balance the whole step runs ``rounds`` more times, each
+    balancing towards the class shares the previous run predicted (smoothed
+    by ``pseudo_count`` images per class), so the class proportions are
+    estimated from the data instead of assumed equal. Returns int64 (N,).
     """
     n = logits.shape[0]
     if n == 0:
         return np.zeros(0, dtype=np.int64)
-    if features is not None and _enough(transductive, int(valid.sum()), int(class_mask.sum())):
-        probs = refine(logits, features, valid, class_mask, balance, transductive)
-    else:
-        probs = _balanced(logits, valid, class_mask, balance)
+    use_features = features is not None and _enough(transductive, int(valid.sum()), int(class_mask.sum()))
+    rounds = int(balance.get("rounds", 0)) if balance is not None and balance["method"] == "estimated" else 0
+    target: Optional[np.ndarray] = None
+    for r in range(rounds + 1):
+        if r:
+            target = estimate_shares(probs, valid, class_mask, float(balance.get("pseudo_count", 0.0)))
+        if use_features:
+            probs = refine(logits, features, valid, class_mask, balance, transductive, target)
+        else:
+            probs = _balanced(logits, valid, class_mask, balance, target)
     return np.argmax(probs, axis=1).astype(np.int64)
