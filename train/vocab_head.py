@@ -37,7 +37,7 @@ from zeroshot.limits import MODEL_DIR
 from zeroshot.manifest import load_manifest
 from zeroshot.text import normalize_name
 
-from .concepts import GROUP_FILES, ConceptBank, inflections, load_bank
+from .concepts import ConceptBank, inflections, load_bank
 from .contract import NORMALIZE, tokenizer
 from .text_tower import Run, TrainConfig, TrainData, export_model, train
 from .tower_model import TextTower, UseMEncoder, freeze_lower
@@ -72,10 +72,12 @@ def holdout_bank(bank: ConceptBank, forms: Sequence[str]) -> ConceptBank:
 
 def vocab_bank(held_out: Sequence[str] = ()) -> ConceptBank:
     """The default model's bank (Russian entries with inflections, no English), with ``held_out`` names removed:
-    group/proxy rows naming one of them dropped, and every entry equal to one of them or an inflection of one."""
+    vocabulary rows naming one of them dropped (an ImageNet class keeps its primary name), and every entry equal
+    to one of them or an inflection of one."""
     if not held_out:
         return load_bank(norm, english=False)
-    bank = load_bank(norm, english=False, exclude=[norm(n) for n in held_out], exclude_from=GROUP_FILES)
+    banned = {norm(n) for n in held_out}
+    bank = load_bank(norm, english=False, drop=lambda name: norm(name) in banned, drop_rows=True)
     return holdout_bank(bank, holdout_forms(held_out, norm))
 
 
