@@ -31,6 +31,10 @@ from ..yardsticks import downscale, imbalanced_subset
 
 logger = logging.getLogger(__name__)
 
+# Images are decoded as for a 224-px encoder (JPEG draft mode keeps both sides >= 224), then downscaled,
+# as tune_default makes its px32 set; decoding for 32 px directly (draft at 1/8) gives harsher images.
+DECODE_SIDE = 224
+
 
 def _copy_layout(ds: Dataset, dest: Path) -> Path:
     """dest/<name>/classes.json (copied) and an empty img/; returns the img folder."""
@@ -49,7 +53,7 @@ def write_sets(data: Path, gt: Dict[str, Dict[str, int]], out: Path) -> Dict[str
         labels = np.array([gt[ds.name][i] for i in ds.ids])
         small_dir = _copy_layout(ds, out / "px32")
         for path, image_id in zip(ds.images, ds.ids):
-            downscale(load_image(path, 32)).save(small_dir / f"{image_id}.png")
+            downscale(load_image(path, DECODE_SIDE)).save(small_dir / f"{image_id}.png")
         truth["px32"][ds.name] = dict(gt[ds.name])
         counts["px32"] += len(ds.ids)
         keep = imbalanced_subset(labels)
