@@ -87,3 +87,29 @@ def test_vocab_bank_holds_out_names_from_every_vocabulary_file() -> None:
     assert not {"слон", "слоны", "гаечный ключ", "гаечные ключи"} & set(held.texts)
     assert {"африканский слон", "индийский слон"} <= set(held.texts)
     assert held.distributions.shape == (len(held.names), 1000)
+
+
+def test_trained_head_is_cached_by_its_training_data(tmp_path: Path, monkeypatch) -> None:
+    """A second call with the same bank and settings loads the cached head; a different bank trains anew."""
+    import train.vocab_head as vh
+
+    model = tmp_path / "prob_model"
+    build_tiny_model(model, overrides={"score": {"similarity": "dot", "logit": "log", "scale": 1.0}})
+    cfg = TrainConfig(steps=5, batch_size=9, lr=0.05, hard_negatives=0.0, checkpoint_every=1000, val_fraction=0.0)
+    bank = _bank()
+    first = vh.trained_head(bank, model, tmp_path / "heads", cfg)
+    assert len(list((tmp_path / "heads").glob("head_*.npz"))) == 1
+
+    def no_training(run):
+        raise AssertionError("trained again although cached")
+
+    monkeypatch.setattr(vh, "train", no_training)
+    again = vh.trained_head(bank, model, tmp_path / "heads", cfg)
+    np.testing.assert_array_equal(again.weight.detach().numpy(), first.weight.detach().numpy())
+    held = holdout_bank(bank, ["слон"])
+    assert vh.bank_key(held, cfg) != vh.bank_key(bank, cfg)
+    with pytest.raises(AssertionError, match="trained again"):
+        vh.trained_head(held, model, tmp_path / "heads", cfg)
+    w = vh.head_weights(first, np.random.default_rng(0).normal(size=(3, first.in_features)).astype(np.float32))
+    assert w.shape == (3, 16)
+    np.testing.assert_allclose(w.sum(axis=1), 1.0, atol=1e-5)

@@ -14,6 +14,12 @@ come from the torch models and are cached in --cache; the USE-m embeddings of
 the concept bank too. Every number is then computed by the runtime's own
 scoring (zeroshot.scoring.predict) from these outputs, as predict.py would.
 
+Text-side settings ``head_alpha`` > 0 mix the learned vocabulary head
+(train/vocab_head.py) into the bank's class weights (1 = the head alone); the
+head is trained on exactly the bank of the column (for ``holdout`` the bank
+with the dev names held out) and cached in --cache/heads by a hash of its
+training entries and settings (a few minutes per head on one core).
+
 Usage: ``python -m train.tune_default [--data DATASETS] [--sets dev,holdout] [--only default,...]``.
 """
 
@@ -154,7 +160,8 @@ def _setting(**changes: Any) -> Dict[str, Any]:
 
     base = {"templates": d.TEMPLATES, "english": d.ENGLISH_ENTRIES, "inflect": True, "group_files": GROUP_FILES,
             "scale": d.CONCEPT_SCALE, "top_k": d.CONCEPT_TOP_K, "balance": d.BALANCE,
-            "transductive": d.TRANSDUCTIVE, "members": rung_members(d.MEASURED_RUNG), "features": "penultimate"}
+            "transductive": d.TRANSDUCTIVE, "members": rung_members(d.MEASURED_RUNG), "features": "penultimate",
+            "head_alpha": 0.0}
     base.update(changes)
     return base
 
@@ -167,6 +174,7 @@ class TextSide:
         self.held_out = list(held_out)
         self.banks: Dict[Tuple, Tuple] = {}
         self.queries: Dict[str, np.ndarray] = {}
+        self.heads: Dict[Tuple, Any] = {}
 
     def _bank(self, s: Dict[str, Any], holdout: bool) -> Tuple:
         rows = holdout and s.get("holdout_rows", False)
@@ -189,6 +197,18 @@ class TextSide:
             self.banks[key] = (bank, emb, bank.entry_index())
         return self.banks[key]
 
+    def _head(self, s: Dict[str, Any], holdout: bool):
+        """The vocabulary head (train/vocab_head.py) trained on exactly the bank of ``s`` (held-out or full)."""
+        from zeroshot.limits import MODEL_DIR
+
+        from .vocab_head import trained_head
+
+        bank, _, _ = self._bank(s, holdout)
+        key = (id(bank),)
+        if key not in self.heads:
+            self.heads[key] = trained_head(bank, MODEL_DIR, self.cache / "heads")
+        return self.heads[key]
+
     def _embed(self, prompts: List[str]) -> np.ndarray:
         missing = [p for p in prompts if p not in self.queries]
         if missing:
@@ -197,11 +217,17 @@ class TextSide:
 
     def weights(self, s: Dict[str, Any], classes: Sequence[str], holdout: bool) -> np.ndarray:
         bank, emb, index = self._bank(s, holdout)
+        alpha = float(s.get("head_alpha", 0.0))
+        head = self._head(s, holdout) if alpha > 0 else None
         per_template = []
         for template in s["templates"]:
             q = self._embed([template.replace("{}", self.norm(c)) for c in classes])
-            per_template.append(mix(concept_similarities(q, emb, index), bank.distributions, s["scale"],
-                                    (s["top_k"],)))
+            w = mix(concept_similarities(q, emb, index), bank.distributions, s["scale"], (s["top_k"],))
+            if head is not None:
+                from .vocab_head import head_weights, mix_weights
+
+                w = mix_weights(w, head_weights(head, q), alpha)
+            per_template.append(w)
         return np.mean(per_template, axis=0)
 
 
@@ -252,6 +278,8 @@ def ablations() -> List[Tuple[str, Dict[str, Any]]]:
     rows.append(("holdout: whole rows naming a dev class removed (stricter)", {"holdout_rows": True}))
     rows += [(f"rung {r['name']}", {"members": rung_members(r["name"])}) for r in d.RUNGS
              if "backbones" in r and r["name"] != d.MEASURED_RUNG]
+    rows += [("text: learned vocabulary head", {"head_alpha": 1.0})]
+    rows += [(f"text: bank + head alpha {a}", {"head_alpha": a}) for a in (0.25, 0.5)]
     return rows + [
         ("bank: without everyday_ru.tsv", {"group_files": GROUP_FILES[:2]}),
         ("no balancing", {"balance": None}),

@@ -23,8 +23,10 @@ Usage: ``python -m train.vocab_head --out DIR [--image-model model] [--hold-out 
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import logging
 import sys
+import tempfile
 from pathlib import Path
 from typing import List, Optional, Sequence
 
@@ -79,6 +81,48 @@ def vocab_bank(held_out: Sequence[str] = ()) -> ConceptBank:
     banned = {norm(n) for n in held_out}
     bank = load_bank(norm, english=False, drop=lambda name: norm(name) in banned, drop_rows=True)
     return holdout_bank(bank, holdout_forms(held_out, norm))
+
+
+def bank_key(bank: ConceptBank, cfg: TrainConfig) -> str:
+    """sha256 hex of a head's training data (the bank's entries, concepts, distributions) and settings."""
+    h = hashlib.sha256()
+    h.update("\n".join(bank.texts).encode("utf-8"))
+    h.update(np.ascontiguousarray(bank.concept_of, dtype=np.int64).tobytes())
+    h.update(np.ascontiguousarray(bank.distributions, dtype=np.float32).tobytes())
+    h.update(repr(dataclasses.asdict(cfg)).encode("utf-8"))
+    return h.hexdigest()
+
+
+def trained_head(bank: ConceptBank, image_model: Path, cache: Path, cfg: TrainConfig = HEAD) -> nn.Linear:
+    """The head (Linear 512 -> 1000, before the softmax) trained on ``bank``, cached in ``cache`` by :func:`bank_key`.
+
+    Training runs on one thread with the config's fixed seed, so it is deterministic.
+    """
+    path = cache / f"head_{bank_key(bank, cfg)[:16]}.npz"
+    if not path.is_file():
+        threads = torch.get_num_threads()
+        torch.set_num_threads(1)
+        try:
+            with tempfile.TemporaryDirectory(dir=cache.parent if cache.parent.is_dir() else None) as work:
+                run = vocab_run(bank, image_model, Path(work), cfg)
+                summary = train(run)
+            logger.info("head trained on %d entries: %s", len(bank.texts), summary)
+        finally:
+            torch.set_num_threads(threads)
+        cache.mkdir(parents=True, exist_ok=True)
+        np.savez(path, weight=run.tower.head.weight.detach().numpy(), bias=run.tower.head.bias.detach().numpy())
+    data = np.load(path)
+    head = nn.Linear(data["weight"].shape[1], data["weight"].shape[0])
+    with torch.no_grad():
+        head.weight.copy_(torch.from_numpy(data["weight"]))
+        head.bias.copy_(torch.from_numpy(data["bias"]))
+    return head
+
+
+def head_weights(head: nn.Linear, queries: np.ndarray) -> np.ndarray:
+    """USE-m query embeddings float32 (N, 512) -> the head's ImageNet distributions float32 (N, 1000)."""
+    with torch.no_grad():
+        return torch.softmax(head(torch.from_numpy(np.asarray(queries, np.float32))), dim=-1).numpy()
 
 
 def vocab_run(bank: ConceptBank, image_model: Path, out: Path, cfg: TrainConfig) -> Run:
