@@ -34,6 +34,8 @@ logger = logging.getLogger(__name__)
 
 TEMPLATES = ["{}", "фото {}"]
 SCORE = {"similarity": "dot", "logit": "log", "scale": 1.0}  # logits = log(p . w)
+# The text encoder is the concept bank alone: the learned vocabulary head (train/vocab_head.py) and the bank +
+# head mixture (alpha 0.25 / 0.5) were measured with tune_default and lower imbalanced (and px32), see README.
 CONCEPT_SCALE = 20.0
 CONCEPT_TOP_K = 5
 ENGLISH_ENTRIES = False

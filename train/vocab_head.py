@@ -106,7 +106,8 @@ def trained_head(bank: ConceptBank, image_model: Path, cache: Path, cfg: TrainCo
             with tempfile.TemporaryDirectory(dir=cache.parent if cache.parent.is_dir() else None) as work:
                 run = vocab_run(bank, image_model, Path(work), cfg)
                 summary = train(run)
-            logger.info("head trained on %d entries: %s", len(bank.texts), summary)
+            logger.info("head trained on %d entries: %s", len(bank.texts),
+                        {k: v for k, v in summary.items() if k != "losses"})
         finally:
             torch.set_num_threads(threads)
         cache.mkdir(parents=True, exist_ok=True)
