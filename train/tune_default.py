@@ -18,7 +18,7 @@ Text-side settings ``head_alpha`` > 0 mix the learned vocabulary head
 (train/vocab_head.py) into the bank's class weights (1 = the head alone); the
 head is trained on exactly the bank of the column (for ``holdout`` the bank
 with the dev names held out) and cached in --cache/heads by a hash of its
-training entries and settings (a few minutes per head on one core).
+training entries and settings (about a minute per head on one core).
 
 Usage: ``python -m train.tune_default [--data DATASETS] [--sets dev,holdout] [--only default,...]``.
 """
