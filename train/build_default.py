@@ -40,7 +40,7 @@ CONCEPT_SCALE = 20.0
 CONCEPT_TOP_K = 5
 ENGLISH_ENTRIES = False
 BALANCE = {"method": "estimated", "iterations": 3, "rounds": 2, "pseudo_count": 2.0, "min_images_per_class": 5}
-TRANSDUCTIVE = {"method": "prototypes", "iterations": 3, "weight": 1.0, "scale": 20.0, "center": True,
+TRANSDUCTIVE = {"method": "prototypes", "iterations": 10, "weight": 1.0, "scale": 20.0, "center": True,
                 "log_features": False, "min_images_per_class": 5}
 # The rung predict.py picks for 2,200 images on one core, and so the one tune_default measures by default.
 MEASURED_RUNG = "fp32-260"

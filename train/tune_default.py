@@ -291,7 +291,7 @@ def ablations() -> List[Tuple[str, Dict[str, Any]]]:
         ("no prototype refinement", {"transductive": None}),
         ("refinement: scale 10", {"transductive": {**trans, "scale": 10.0}}),
         ("refinement: scale 30", {"transductive": {**trans, "scale": 30.0}}),
-        ("refinement: 10 iterations", {"transductive": {**trans, "iterations": 10}}),
+        ("refinement: 3 iterations", {"transductive": {**trans, "iterations": 3}}),
     ]
 
 
