@@ -27,7 +27,6 @@ import signal
 import sys
 import threading
 import time
-import warnings
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Dict, List, Optional, Sequence, Tuple
@@ -38,16 +37,15 @@ from torch import nn
 
 from zeroshot.command import make_parser, parse_args
 from zeroshot.datasets import class_mask, discover
-from zeroshot.encoders import make_session
 from zeroshot.scoring import class_logits
 from zeroshot.scoring import predict
 from zeroshot.text import Tokenizer, build_prompts
 
-from .contract import ATTENTION_MASK, INPUT_IDS, TEXT_ENCODER_FILE, TOKENIZER_FILE, text_config
+from .contract import TEXT_ENCODER_FILE, TOKENIZER_FILE, text_config
+from .export.onnx_text import OUTPUT_NAME, export_text_encoder
 from .contract import tokenizer as runtime_tokenizer
 from .image_cache import ImageTower, embed_cached
 from .manifest_io import write_manifest
-from .onnx_compat import OPSET, finalize_onnx
 from .pairs import Pairs, read_class_folders, read_metadata, read_pairs_jsonl
 from .tower_model import (TEXT_MODELS, TextTower, build_encoder, default_tokenizer, freeze_lower,
                           info_nce, output_kind, similarity, trainable)
@@ -55,8 +53,6 @@ from .tower_model import (TEXT_MODELS, TextTower, build_encoder, default_tokeniz
 logger = logging.getLogger(__name__)
 
 STAGES = ("all", "cache", "train", "evaluate", "export")
-OUTPUT_NAME = "text_embeds"
-PARITY_TOLERANCE = 1e-4
 RECALL_AT = (1, 5, 10)
 MAX_VAL_IMAGES = 2000
 HARD_POOL = 8            # hard negatives are chosen from HARD_POOL x as many random candidates
@@ -533,31 +529,18 @@ class _ExportWrapper(nn.Module):
 
 
 def export_text_tower(tower: TextTower, path: Path, tokenizer: Tokenizer, check_texts: Sequence[str]) -> Dict[str, Any]:
-    """Export the tower (cpu, float32) to ONNX and check it against torch; returns the validation record.
+    """Export the tower (cpu, float32) through the one text-encoder export path and return its validation record.
 
-    Graph: input_ids, attention_mask int64 (batch, length) -> text_embeds float32 (batch, D).
-    Raises ValueError if onnxruntime and torch differ by more than PARITY_TOLERANCE on
-    ``check_texts`` tokenized by the runtime's Tokenizer.
+    Graph: input_ids, attention_mask int64 (batch, length) -> text_embeds float32 (batch, D);
+    :func:`train.export.onnx_text.export_text_encoder` writes it (opset 17, IR <= 9, checked)
+    and raises ValueError unless every row of ``check_texts``, tokenized by the runtime's
+    Tokenizer, has cosine >= its threshold with torch.
     """
     module = _ExportWrapper(tower.cpu().float().eval()).eval()
     ids, mask = tokenizer.batch(list(check_texts))
-    example = (torch.from_numpy(ids), torch.from_numpy(mask))
-    dyn = {0: "batch", 1: "length"}
-    with torch.no_grad(), warnings.catch_warnings():
-        warnings.filterwarnings("ignore", category=DeprecationWarning)  # dynamo=False is deliberate
-        torch.onnx.export(module, example, str(path), input_names=[INPUT_IDS, ATTENTION_MASK],
-                          output_names=[OUTPUT_NAME], dynamic_axes={INPUT_IDS: dyn, ATTENTION_MASK: dyn,
-                                                                    OUTPUT_NAME: {0: "batch"}},
-                          opset_version=OPSET, dynamo=False, do_constant_folding=True)
-        want = module(*example).numpy()
-    opset, ir_version = finalize_onnx(path)
-    got = make_session(path, 1).run([OUTPUT_NAME], {INPUT_IDS: ids, ATTENTION_MASK: mask})[0]
-    diff = float(np.abs(got - want).max())
-    if not diff <= PARITY_TOLERANCE:
-        raise ValueError(f"{path}: onnxruntime differs from torch by {diff:.2e} > {PARITY_TOLERANCE:.0e}")
-    logger.info("exported %s (%.1f MB): max |torch - onnxruntime| %.2e", path, path.stat().st_size / 1e6, diff)
-    return {"max_abs_diff": diff, "tolerance": PARITY_TOLERANCE, "opset": opset, "ir_version": ir_version,
-            "check_texts": len(check_texts)}
+    record = export_text_encoder(module, path, ids, mask)
+    record["check_texts"] = len(check_texts)
+    return record
 
 
 def _copy_image_files(run: Run, model: Path) -> Tuple[Dict[str, str], Dict[str, Dict[str, str]]]:
