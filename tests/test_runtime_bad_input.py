@@ -8,7 +8,6 @@ still predicted; predict.sh exits 0 once the JSON is written, 1 with --strict.
 from __future__ import annotations
 
 import io
-import json
 from pathlib import Path
 
 import numpy as np
