@@ -25,12 +25,6 @@ IMBALANCE_RANGE = (5, 30)
 IMBALANCE_SEED = 12
 
 
-def lemma_key(text: str, morph) -> str:
-    """A phrase's words replaced by their dictionary forms: equal for any inflection of the phrase."""
-    words = text.lower().replace("ё", "е").split()
-    return " ".join(morph.parse(w)[0].normal_form.replace("ё", "е") for w in words)
-
-
 def holdout_filter(class_names: Iterable[str], morph) -> Callable[[str], bool]:
     """A predicate: True for an entry text that names one of ``class_names`` in any inflection.
 
