@@ -145,15 +145,16 @@ def unit_features(features: np.ndarray, valid: np.ndarray, center: bool, log: bo
     return f / np.maximum(np.linalg.norm(f, axis=1, keepdims=True), _EPS)
 
 
-def refine(logits: np.ndarray, features: np.ndarray, valid: np.ndarray, class_mask: np.ndarray,
+def refine(logits: np.ndarray, f: np.ndarray, valid: np.ndarray, class_mask: np.ndarray,
            balance: Optional[Dict[str, Any]], cfg: Dict[str, Any], target: Optional[np.ndarray] = None) -> np.ndarray:
     """Transductive prototypes: (N, C) probabilities after ``cfg["iterations"]`` rounds.
 
-    Each round forms one prototype per class as the probability-weighted mean
-    of the (centred, normalised) image features of the valid rows, and adds
-    ``weight * scale * cosine(image, prototype)`` to the zero-shot ``logits``.
+    ``f``: the image features as :func:`unit_features` makes them for ``cfg``
+    (computed once per dataset by :func:`predict`). Each round forms one
+    prototype per class as the probability-weighted mean of the valid rows of
+    ``f``, and adds ``weight * scale * cosine(image, prototype)`` to the
+    zero-shot ``logits``.
     """
-    f = unit_features(features, valid, bool(cfg.get("center", True)), bool(cfg.get("log_features", False)))
     probs = _balanced(logits, valid, class_mask, balance, target)
     step = float(cfg["weight"]) * float(cfg["scale"])
     for _ in range(int(cfg["iterations"])):
@@ -186,11 +187,13 @@ def predict(logits: np.ndarray, valid: np.ndarray, class_mask: np.ndarray,
     use_features = features is not None and _enough(transductive, int(valid.sum()), int(class_mask.sum()))
     rounds = int(balance.get("rounds", 0)) if balance is not None and balance["method"] == "estimated" else 0
     target: Optional[np.ndarray] = None
+    f = (unit_features(features, valid, bool(transductive.get("center", True)),
+                       bool(transductive.get("log_features", False))) if use_features else None)
     for r in range(rounds + 1):
         if r:
             target = estimate_shares(probs, valid, class_mask, float(balance.get("pseudo_count", 0.0)))
         if use_features:
-            probs = refine(logits, features, valid, class_mask, balance, transductive, target)
+            probs = refine(logits, f, valid, class_mask, balance, transductive, target)
         else:
             probs = _balanced(logits, valid, class_mask, balance, target)
     return np.argmax(probs, axis=1).astype(np.int64)
