@@ -21,8 +21,8 @@ from typing import Any, Callable, Dict, List, Optional, Sequence
 
 import numpy as np
 
-from .images import load_image, preprocess
 from .manifest import resolve_file, variant_image_config
+from .pipeline import decode_one
 
 logger = logging.getLogger(__name__)
 
@@ -65,13 +65,15 @@ def probe_rung(model_dir: Path, manifest: Dict[str, Any], rung: str, paths: Sequ
     chosen = _probe_paths(paths, PROBE_IMAGES)
     pixels, started = [], time.perf_counter()
     for path in chosen:
-        try:
-            pixels.append(preprocess(load_image(path, size), cfg, size))
-        except Exception as exc:  # a broken image is the pipeline's business, not the probe's
-            logger.debug("ladder probe skips %s: %s", path, exc)
+        arr, err = decode_one(path, cfg, size)
+        if arr is None:  # a broken image is the pipeline's business, not the probe's
+            logger.debug("ladder probe skips %s", err)
+        else:
+            pixels.append(arr)
     decode_s = (time.perf_counter() - started) / max(len(chosen), 1) if pixels else 0.0
     batch = np.stack(pixels) if pixels else np.zeros((PROBE_IMAGES, 3, size, size), dtype=np.float32)
-    session = make_session(resolve_file(manifest, model_dir, "image_encoder", True, rung), threads)
+    # unverified here: Model checks the sha256 of the rung it then loads (hashing every rung twice cost start-up)
+    session = make_session(resolve_file(manifest, model_dir, "image_encoder", False, rung), threads)
     session.run(None, {cfg["input"]: batch[:1]})
     started = time.perf_counter()
     session.run(None, {cfg["input"]: batch})
