@@ -12,7 +12,6 @@ from __future__ import annotations
 import csv
 import json
 import logging
-import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -22,12 +21,10 @@ import numpy as np
 
 from .datasets import list_images
 from .encoders import Model
-from .pipeline import decode_one
+from .pipeline import Progress, decode_one
 from .scoring import class_logits
 
 logger = logging.getLogger(__name__)
-
-PROGRESS_EVERY_S = 5.0
 
 
 @dataclass
@@ -58,21 +55,6 @@ def walk_images(root: Path) -> List[Path]:
     for sub in sorted(p for p in root.iterdir() if p.is_dir() and not p.name.startswith(".")):
         found.extend(walk_images(sub))
     return sorted(found, key=lambda p: p.relative_to(root).as_posix())
-
-
-class Progress:
-    """Logs ``done/total`` and items/s to stderr at most every PROGRESS_EVERY_S seconds."""
-
-    def __init__(self, what: str, total: int) -> None:
-        self.what, self.total = what, total
-        self.start = self.last = time.monotonic()
-
-    def update(self, done: int, force: bool = False) -> None:
-        now = time.monotonic()
-        if force or now - self.last >= PROGRESS_EVERY_S:
-            self.last = now
-            rate = done / max(now - self.start, 1e-9)
-            logger.info("%s: %d/%d, %.1f/s", self.what, done, self.total, rate)
 
 
 def embed_images(model: Model, paths: Sequence[Path], batch_size: Optional[int] = None,

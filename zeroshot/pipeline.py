@@ -122,16 +122,17 @@ class _Batch:
     futures: List["Future[Decoded]"]
 
 
-class _Progress:
-    """Logs images done and images/s every PROGRESS_EVERY_S seconds."""
+class Progress:
+    """Logs ``done/total`` images and images/s to stderr at most every PROGRESS_EVERY_S seconds."""
 
     def __init__(self, name: str, total: int) -> None:
         self.name, self.total = name, total
         self.start = self.last = time.monotonic()
 
-    def update(self, done: int) -> None:
+    def update(self, done: int, force: bool = False) -> None:
+        """Log now if ``force`` or PROGRESS_EVERY_S have passed since the last line."""
         now = time.monotonic()
-        if now - self.last >= PROGRESS_EVERY_S:
+        if force or now - self.last >= PROGRESS_EVERY_S:
             self.last = now
             rate = done / max(now - self.start, 1e-9)
             logger.info("%s: %d/%d images, %.1f images/s", self.name, done, self.total, rate)
@@ -216,7 +217,7 @@ class _DatasetRun:
         n = len(self.ds.images)
         starts = list(range(0, n, self.batch_size))
         queue: Deque[_Batch] = deque()
-        progress = _Progress(self.ds.name, n)
+        progress = Progress(self.ds.name, n)
         submitted = 0
         try:
             for _ in starts:
