@@ -169,6 +169,23 @@ def _check_transductive(section: Optional[Dict[str, Any]], path: Path) -> None:
         _require(isinstance(section.get(key, False), bool), path, f"transductive.{key} must be true or false")
     mpc = section.get("min_images_per_class", 0)
     _require(isinstance(mpc, (int, float)) and mpc >= 0, path, "transductive.min_images_per_class must be >= 0")
+    _check_propagate(section.get("propagate"), path)
+
+
+def _check_propagate(section: Optional[Dict[str, Any]], path: Path) -> None:
+    """The optional label-propagation step of the transductive section (zeroshot.scoring.propagate)."""
+    if section is None:
+        return
+    _require(isinstance(section, dict), path, "transductive.propagate must be an object")
+    for key, low in (("neighbours", 1), ("iterations", 0), ("max_images", 2)):
+        value = section.get(key, low if key == "max_images" else None)
+        _require(isinstance(value, int) and not isinstance(value, bool) and value >= low, path,
+                 f"transductive.propagate.{key} must be an integer >= {low}")
+    alpha = section.get("alpha")
+    _require(isinstance(alpha, (int, float)) and 0 <= alpha < 1, path,
+             "transductive.propagate.alpha must be a number in [0, 1)")
+    power = section.get("power", 1.0)
+    _require(isinstance(power, (int, float)) and power > 0, path, "transductive.propagate.power must be a number > 0")
 
 
 def _check_head(section: Optional[Dict[str, Any]], files: Dict[str, Any], path: Path) -> None:

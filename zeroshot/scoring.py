@@ -12,7 +12,7 @@ priors by EM (Saerens et al. 2002).
 from __future__ import annotations
 
 import logging
-from typing import Any, Dict, Optional
+from typing import Any, Dict, Optional, Tuple
 
 import numpy as np
 
@@ -165,6 +165,81 @@ def refine(logits: np.ndarray, f: np.ndarray, valid: np.ndarray, class_mask: np.
     return probs
 
 
+def knn_graph(f: np.ndarray, k: int, power: float, block: int = 1024) -> Tuple[np.ndarray, np.ndarray]:
+    """Each row's ``k`` nearest other rows of unit-row ``f`` (N, D): (indices int64 (N, k), weights float64 (N, k)).
+
+    Weights are max(cosine, 0) ** ``power``. The cosines are computed
+    ``block`` rows at a time, so memory stays at block x N floats.
+    """
+    n = len(f)
+    k = min(int(k), n - 1)
+    f32 = f.astype(np.float32)
+    idx = np.empty((n, k), dtype=np.int64)
+    weights = np.empty((n, k), dtype=np.float64)
+    for start in range(0, n, block):
+        sims = f32[start:start + block] @ f32.T
+        rows = np.arange(len(sims))
+        sims[rows, rows + start] = -np.inf  # not its own neighbour
+        near = np.argpartition(-sims, k - 1, axis=1)[:, :k]
+        idx[start:start + block] = near
+        weights[start:start + block] = np.maximum(np.take_along_axis(sims, near, axis=1), 0.0) ** power
+    return idx, weights
+
+
+def propagate(log_probs: np.ndarray, f: np.ndarray, cfg: Dict[str, Any]) -> np.ndarray:
+    """Label propagation (Zhou et al. 2004) of (N, C) log-probabilities over the kNN graph of unit-row features f.
+
+    The graph joins every image to its ``neighbours`` nearest images
+    (:func:`knn_graph`, weights cosine ** ``power``), made symmetric and
+    normalised as S = D^-1/2 W D^-1/2; ``iterations`` rounds of
+    F <- alpha S F + (1 - alpha) Y, from Y = ``log_probs``, let the images of
+    a tight cluster agree while each keeps (1 - alpha) of its own evidence.
+    Log-probabilities are spread, not probabilities: a geometric mean keeps
+    the faint second choices that the balancing and the prototypes need to
+    tell two weak classes apart (spreading probabilities swapped such
+    classes on the yardsticks). Returns float64 (N, C) logits.
+    """
+    n = len(log_probs)
+    y = log_probs.astype(np.float64)
+    if n < 2:
+        return y
+    idx, w = knn_graph(f, int(cfg["neighbours"]), float(cfg.get("power", 1.0)))
+    src = np.repeat(np.arange(n), idx.shape[1])
+    rows, cols = np.concatenate([src, idx.ravel()]), np.concatenate([idx.ravel(), src])
+    vals = np.concatenate([w.ravel(), w.ravel()])
+    degree = np.bincount(rows, weights=vals, minlength=n)
+    vals = vals / np.sqrt(np.maximum(degree[rows] * degree[cols], _EPS))
+    alpha = float(cfg["alpha"])
+    out = y.copy()
+    for _ in range(int(cfg["iterations"])):
+        spread = np.stack([np.bincount(rows, weights=vals * out[cols, c], minlength=n)
+                           for c in range(y.shape[1])], axis=1)
+        out = alpha * spread + (1.0 - alpha) * y
+    return out
+
+
+def propagated_logits(logits: np.ndarray, f: np.ndarray, valid: np.ndarray, class_mask: np.ndarray,
+                      cfg: Dict[str, Any]) -> np.ndarray:
+    """float32 (N, C): the valid rows' logits after :func:`propagate`; other rows and masked classes unchanged.
+
+    ``cfg`` is the transductive section's ``propagate``; datasets with more
+    than its ``max_images`` valid rows are left as they are (the graph costs
+    N^2 D), and so is a dataset with fewer than two.
+    """
+    n_valid = int(valid.sum())
+    if n_valid < 2 or n_valid > int(cfg.get("max_images", n_valid)):
+        if n_valid > 2:
+            logger.info("label propagation skipped: %d images (more than %s)", n_valid, cfg.get("max_images"))
+        return logits
+    allowed = np.flatnonzero(class_mask)
+    sub = logits[np.ix_(valid, allowed)].astype(np.float64)
+    shifted = sub - sub.max(axis=1, keepdims=True)
+    log_probs = shifted - np.log(np.exp(shifted).sum(axis=1, keepdims=True))
+    out = logits.copy()
+    out[np.ix_(valid, allowed)] = propagate(log_probs, f[valid], cfg)
+    return out.astype(np.float32)
+
+
 def predict(logits: np.ndarray, valid: np.ndarray, class_mask: np.ndarray,
             balance: Optional[Dict[str, Any]], features: Optional[np.ndarray] = None,
             transductive: Optional[Dict[str, Any]] = None) -> np.ndarray:
@@ -173,8 +248,9 @@ def predict(logits: np.ndarray, valid: np.ndarray, class_mask: np.ndarray,
     logits: float32 (N, C) (:func:`class_logits`); valid: bool (N,) rows that come from a
     decoded image; class_mask: bool (C,) classes that may be predicted
     (duplicates and empty names are masked); features: float32 (N, D) image
-    features for the transductive step (used when ``transductive`` is set).
-    Rows that are not valid get the mean probability of the valid rows (the
+    features for the transductive step (used when ``transductive`` is set;
+    with its ``propagate`` section the logits first go through label
+    propagation over the images' kNN graph, :func:`propagated_logits`). Rows that are not valid get the mean probability of the valid rows (the
     dataset's prior), so they still get a sensible class. With the
     ``estimated`` balance the whole step runs ``rounds`` more times, each
     balancing towards the class shares the previous run predicted (smoothed
@@ -189,6 +265,8 @@ def predict(logits: np.ndarray, valid: np.ndarray, class_mask: np.ndarray,
     target: Optional[np.ndarray] = None
     f = (unit_features(features, valid, bool(transductive.get("center", True)),
                        bool(transductive.get("log_features", False))) if use_features else None)
+    if use_features and transductive.get("propagate"):
+        logits = propagated_logits(logits, f, valid, class_mask, transductive["propagate"])
     for r in range(rounds + 1):
         if r:
             target = estimate_shares(probs, valid, class_mask, float(balance.get("pseudo_count", 0.0)))
