@@ -242,9 +242,21 @@ def score_dataset(s: Dict[str, Any], w: np.ndarray, probs: np.ndarray, feats: np
     return 100.0 * float((pred == truth).mean())
 
 
+def resampled(s: Dict[str, Any], w: np.ndarray, probs: np.ndarray, feats: np.ndarray, truth: np.ndarray,
+              class_mask: np.ndarray, seeds: int) -> float:
+    """Mean accuracy x 100 over the imbalanced subsets of seeds 0..seeds-1 (one subset is a noisy yardstick:
+    a cluster taken by the wrong class moves it by 30 images)."""
+    return float(np.mean([score_dataset(s, w, probs[keep], feats[keep], truth[keep], class_mask)
+                          for keep in (imbalanced_subset(truth, seed=seed) for seed in range(seeds))]))
+
+
 def evaluate(s: Dict[str, Any], datasets: List[Dataset], gt: Dict[str, Dict[str, int]], cache: ImageCache,
-             text: TextSide, sets: Sequence[str] = YARDSTICKS) -> Dict[str, float]:
-    """The yardsticks ``sets`` of setting ``s``: {yardstick: mean accuracy x 100 over datasets}."""
+             text: TextSide, sets: Sequence[str] = YARDSTICKS, seeds: int = 0) -> Dict[str, float]:
+    """The yardsticks ``sets`` of setting ``s``: {yardstick: mean accuracy x 100 over datasets}.
+
+    With ``seeds`` > 0 also ``<yardstick> x<seeds>`` for dev, holdout and
+    px32: the mean over that many imbalanced resamples of each (:func:`resampled`).
+    """
     scores: Dict[str, List[float]] = {k: [] for k in sets}
     for ds in datasets:
         truth = np.array([gt[ds.name][i] for i in ds.ids])
@@ -262,6 +274,11 @@ def evaluate(s: Dict[str, Any], datasets: List[Dataset], gt: Dict[str, Dict[str,
         if "px32" in sets:
             small_p, small_f = ensemble(cache, ds, "px32", s["members"], s["features"])
             scores["px32"].append(score_dataset(s, w_full, small_p, small_f, truth, mask))
+        if seeds:
+            for name, w, (p, f) in (("dev", w_full, (probs, feats)),
+                                    ("holdout", text.weights(s, ds.classes, holdout=True), (probs, feats)),
+                                    ("px32", w_full, ensemble(cache, ds, "px32", s["members"], s["features"]))):
+                scores.setdefault(f"{name} x{seeds}", []).append(resampled(s, w, p, f, truth, mask, seeds))
     return {k: float(np.mean(v)) for k, v in scores.items()}
 
 
@@ -269,15 +286,18 @@ def ablations() -> List[Tuple[str, Dict[str, Any]]]:
     """(label, changes to the default) for every setting the table shows."""
     from . import build_default as d
 
-    trans, bal = d.TRANSDUCTIVE, d.BALANCE
+    trans, bal, prop = d.TRANSDUCTIVE, d.BALANCE, d.PROPAGATE
     sinkhorn = {"method": "sinkhorn", "iterations": 3, "min_images_per_class": 5}
     em = {"method": "em", "iterations": 3, "em_iterations": 20, "pseudo_count": 2.0, "min_images_per_class": 5}
     before = {"balance": sinkhorn, "features": "probs", "members": rung_members("fp32"),
-              "transductive": {**trans, "scale": 10.0, "log_features": True}, "group_files": GROUP_FILES[:2]}
+              "transductive": {**trans, "scale": 10.0, "log_features": True, "propagate": None}, "group_files": GROUP_FILES[:2]}
     rows = [("default", {}), ("before issue 12 (fp32 rung, log-probability features, Sinkhorn)", before)]
     rows.append(("holdout: whole rows naming a dev class removed (stricter)", {"holdout_rows": True}))
     rows += [(f"rung {r['name']}", {"members": rung_members(r["name"])}) for r in d.RUNGS
              if "backbones" in r and r["name"] != d.MEASURED_RUNG]
+    rows += [(f"rung {r['name']}, no label propagation", {"members": rung_members(r["name"]),
+                                                          "transductive": {**trans, "propagate": None}})
+             for r in d.RUNGS if "backbones" in r]
     rows += [("text: learned vocabulary head", {"head_alpha": 1.0})]
     rows += [(f"text: bank + head alpha {a}", {"head_alpha": a}) for a in (0.25, 0.5)]
     return rows + [
@@ -288,6 +308,9 @@ def ablations() -> List[Tuple[str, Dict[str, Any]]]:
         ("balance: estimated, 1 round", {"balance": {**bal, "rounds": 1}}),
         ("balance: estimated, 3 rounds", {"balance": {**bal, "rounds": 3}}),
         ("features: log-probabilities", {"features": "probs", "transductive": {**trans, "log_features": True}}),
+        ("propagation: alpha 0.8", {"transductive": {**trans, "propagate": {**prop, "alpha": 0.8}}}),
+        ("propagation: 5 neighbours", {"transductive": {**trans, "propagate": {**prop, "neighbours": 5}}}),
+        ("propagation: 20 neighbours", {"transductive": {**trans, "propagate": {**prop, "neighbours": 20}}}),
         ("no prototype refinement", {"transductive": None}),
         ("refinement: scale 10", {"transductive": {**trans, "scale": 10.0}}),
         ("refinement: scale 30", {"transductive": {**trans, "scale": 30.0}}),
@@ -298,11 +321,12 @@ def ablations() -> List[Tuple[str, Dict[str, Any]]]:
 def print_table(rows: List[Tuple[str, Dict[str, float]]]) -> None:
     """Markdown table of the settings' yardsticks, with the differences to the first row."""
     base = rows[0][1]
-    sys.stdout.write("| setting | " + " | ".join(YARDSTICKS) + " |\n|---|" + "---|" * len(YARDSTICKS) + "\n")
+    columns = list(YARDSTICKS) + [k for k in base if k not in YARDSTICKS]
+    sys.stdout.write("| setting | " + " | ".join(columns) + " |\n|---|" + "---|" * len(columns) + "\n")
     for label, scores in rows:
         cells = [("" if k not in scores else f"{scores[k]:.2f}")
                  + ("" if scores is base or k not in scores or k not in base else f" ({scores[k] - base[k]:+.2f})")
-                 for k in YARDSTICKS]
+                 for k in columns]
         sys.stdout.write(f"| {label} | " + " | ".join(cells) + " |\n")
     sys.stdout.flush()
 
@@ -316,6 +340,8 @@ def main(argv: Optional[List[str]] = None) -> int:
     parser.add_argument("--sets", default=",".join(YARDSTICKS),
                         help="comma-separated yardsticks to measure (default: all four)")
     parser.add_argument("--json", type=Path, default=None, help="also write the table as JSON here")
+    parser.add_argument("--seeds", type=int, default=0,
+                        help="also report dev, holdout and px32 as the mean over this many imbalanced resamples")
     args = parse_args(parser, argv)
     from .build_default import NORMALIZE
 
@@ -331,7 +357,8 @@ def main(argv: Optional[List[str]] = None) -> int:
     rows = []
     for label, changes in ablations():
         if wanted is None or label in wanted:
-            rows.append((label, evaluate(_setting(**changes), datasets, gt, cache, text, args.sets.split(","))))
+            rows.append((label, evaluate(_setting(**changes), datasets, gt, cache, text, args.sets.split(","),
+                                         args.seeds)))
             logger.info("%s: %s", label, rows[-1][1])
     print_table(rows)
     if args.json:
