@@ -313,7 +313,8 @@ def ablations() -> List[Tuple[str, Dict[str, Any]]]:
         ("propagation: 20 neighbours", {"transductive": {**trans, "propagate": {**prop, "neighbours": 20}}}),
         ("no prototype refinement", {"transductive": None}),
         ("refinement: scale 10", {"transductive": {**trans, "scale": 10.0}}),
-        ("refinement: scale 30", {"transductive": {**trans, "scale": 30.0}}),
+        ("refinement: scale 20", {"transductive": {**trans, "scale": 20.0}}),
+        ("refinement: scale 40", {"transductive": {**trans, "scale": 40.0}}),
         ("refinement: 3 iterations", {"transductive": {**trans, "iterations": 3}}),
     ]
 
