@@ -132,8 +132,18 @@ def build_image_side(out: Path, calibration: Optional[Path]) -> Dict[str, Dict[s
 
 
 def build(out: Path, calibration: Optional[Path]) -> Dict[str, Any]:
-    """Build every file of the default model into ``out`` and write its manifest."""
+    """Build every file of the default model into ``out`` and write its manifest.
+
+    Torch runs on one thread: a matmul split over more threads rounds
+    differently, and the bank embeddings and the validation numbers must be
+    byte-identical on machines with any core count (two builds, one pinned
+    to one core, were compared).
+    """
+    import torch
+
     from .image_encoder import image_config
+
+    torch.set_num_threads(1)
 
     out.mkdir(parents=True, exist_ok=True)
     text_cfg = default_text_config()

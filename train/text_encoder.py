@@ -96,7 +96,9 @@ def export_text_encoder(module: ConceptTextEncoder, out_path: Path, tok: Tokeniz
                       dynamic_axes={INPUT_IDS: {0: "batch", 1: "length"},
                                     ATTENTION_MASK: {0: "batch", 1: "length"}, OUTPUT_NAME: {0: "batch"}})
     opset, ir_version = finalize_onnx(out_path)
-    session = ort.InferenceSession(str(out_path), providers=["CPUExecutionProvider"])
+    opts = ort.SessionOptions()
+    opts.intra_op_num_threads = 1  # the validation numbers go into the manifest: same on any core count
+    session = ort.InferenceSession(str(out_path), sess_options=opts, providers=["CPUExecutionProvider"])
     got = session.run([OUTPUT_NAME], feeds)[0]
     with torch.no_grad():
         want = module(*example).numpy()
