@@ -16,18 +16,17 @@ packages of the Python that runs it (for tests on machines without wheels).
 from __future__ import annotations
 
 import logging
-import os
 import sys
-import tempfile
 import zipfile
 from dataclasses import dataclass
 from pathlib import Path
-from typing import List, Optional, Sequence
+from typing import BinaryIO, List, Optional, Sequence
 
 from zeroshot.limits import ARCHIVE_CAP_MB as CAP_MB
 from zeroshot.limits import MODEL_DIR
 from zeroshot.limits import REPO_ROOT as REPO
 from zeroshot.manifest import MANIFEST_NAME, load_manifest, resolve_file, sha256_file
+from zeroshot.outputs import atomic_open
 
 from .vendor import REQUIREMENTS_NAME, find_wheel, read_requirements
 from zeroshot.command import make_parser, parse_args
@@ -122,27 +121,30 @@ def zip_info(entry: Entry) -> zipfile.ZipInfo:
     return info
 
 
-def write_zip(entries: Sequence[Entry], out: Path) -> None:
-    """Write ``entries`` in order to ``out`` (deterministic bytes for the same inputs)."""
+def write_zip(entries: Sequence[Entry], out: BinaryIO) -> List[zipfile.ZipInfo]:
+    """Write ``entries`` in order to the binary file ``out`` (deterministic bytes for the same inputs).
+
+    Returns the written members (with their compressed sizes).
+    """
     with zipfile.ZipFile(out, "w", allowZip64=True) as archive:
         for entry in entries:
             info = zip_info(entry)
             with open(entry.source, "rb") as src, archive.open(info, "w", force_zip64=False) as dst:
                 for block in iter(lambda: src.read(1 << 20), b""):
                     dst.write(block)
+        return archive.infolist()
 
 
-def size_table(archive: Path) -> List[str]:
-    """Lines: each model file and wheel, the code and vendor/ text totals, and the archive size, in MB."""
+def size_table(members: Sequence[zipfile.ZipInfo]) -> List[str]:
+    """Lines: each model file and wheel, the code and vendor/ text totals, in MB."""
     rows = []
     code = [0, 0]
-    with zipfile.ZipFile(archive) as zf:
-        for info in zf.infolist():
-            if info.filename.startswith(("model/", "vendor/")) and not info.filename.endswith(".txt"):
-                rows.append((info.filename, info.file_size, info.compress_size))
-            else:
-                code[0] += info.file_size
-                code[1] += info.compress_size
+    for info in members:
+        if info.filename.startswith(("model/", "vendor/")) and not info.filename.endswith(".txt"):
+            rows.append((info.filename, info.file_size, info.compress_size))
+        else:
+            code[0] += info.file_size
+            code[1] += info.compress_size
     lines = [f"{'file':<84} {'MB':>9} {'zipped MB':>10}"]
     lines += [f"{name:<84} {size / 1e6:>9.2f} {zipped / 1e6:>10.2f}" for name, size, zipped in rows]
     lines.append(f"{'code and text files (' + RUNTIME_PACKAGE + '/, *.sh, predict.py, requirements)':<84} "
@@ -151,25 +153,21 @@ def size_table(archive: Path) -> List[str]:
 
 
 def build(model_dir: Path, vendor_dir: Optional[Path], out: Path, cap_mb: float, repo: Path = REPO) -> int:
-    """Build ``out``; returns its size in bytes. Raises ValueError above ``cap_mb`` (nothing written)."""
+    """Build ``out``; returns its size in bytes. Raises ValueError above ``cap_mb`` (nothing written).
+
+    The archive is written beside ``out`` and renamed onto it (zeroshot.outputs.atomic_open),
+    so it gets the usual 0644 permissions and a failed build leaves the old archive.
+    """
     entries = code_entries(repo) + model_entries(model_dir)
     if vendor_dir is not None:
         entries += vendor_entries(vendor_dir)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp_name = tempfile.mkstemp(prefix=f".{out.name}.", suffix=".tmp", dir=str(out.parent))
-    os.close(fd)
-    tmp = Path(tmp_name)
-    try:
-        write_zip(entries, tmp)
-        size = tmp.stat().st_size
-        sys.stdout.write("\n".join(size_table(tmp)) + "\n")
+    with atomic_open(out, "wb", durable=False) as handle:
+        members = write_zip(entries, handle)
+        size = handle.tell()
+        sys.stdout.write("\n".join(size_table(members)) + "\n")
         sys.stdout.write(f"{'archive ' + str(out):<84} {size / 1e6:>9.2f} MB (cap {cap_mb:g} MB)\n")
         if size > cap_mb * 1e6:
             raise ValueError(f"{out}: {size / 1e6:.2f} MB is over the cap of {cap_mb:g} MB; not written")
-        os.replace(tmp, out)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
     return size
 
 

@@ -119,6 +119,17 @@ def test_archive_is_byte_identical_when_built_twice(tiny_model: Path, tmp_path: 
     assert a.read_bytes() == b.read_bytes()
 
 
+def test_archive_gets_the_usual_permissions(tiny_model: Path, tmp_path: Path) -> None:
+    """0666 minus the umask (a judge's uploader running as another user must read it), not mkstemp's 0600."""
+    out = tmp_path / "sub.zip"
+    old = os.umask(0o022)
+    try:
+        assert bundle.main(["--model", str(tiny_model), "--dev", "--out", str(out)]) == 0
+    finally:
+        os.umask(old)
+    assert out.stat().st_mode & 0o777 == 0o644
+
+
 def test_archive_over_the_cap_fails_and_writes_nothing(tiny_model: Path, tmp_path: Path, capsys) -> None:
     out = tmp_path / "big.zip"
     assert bundle.main(["--model", str(tiny_model), "--dev", "--out", str(out), "--cap-mb", "0.01"]) == 1
