@@ -132,18 +132,8 @@ def build_image_side(out: Path, calibration: Optional[Path]) -> Dict[str, Dict[s
 
 
 def build(out: Path, calibration: Optional[Path]) -> Dict[str, Any]:
-    """Build every file of the default model into ``out`` and write its manifest.
-
-    Torch runs on one thread: a matmul split over more threads rounds
-    differently, and the bank embeddings and the validation numbers must be
-    byte-identical on machines with any core count (two builds, one pinned
-    to one core, were compared).
-    """
-    import torch
-
+    """Build every file of the default model into ``out`` and write its manifest."""
     from .image_encoder import image_config
-
-    torch.set_num_threads(1)
 
     out.mkdir(parents=True, exist_ok=True)
     text_cfg = default_text_config()
@@ -155,8 +145,9 @@ def build(out: Path, calibration: Optional[Path]) -> Dict[str, Any]:
     sections: Dict[str, Any] = {
         "name": "efficientnet-lite-ladder+use-m-concepts",
         "description": "EfficientNet-Lite ImageNet probabilities x USE-m v3 Russian concept bank over the same "
-                       "1000 classes; score = log(p . w); class shares estimated per dataset; prototype "
-                       "refinement on the image encoder's penultimate features; an accuracy ladder of encoders",
+                       "1000 classes; score = log(p . w); class shares estimated per dataset; label "
+                       "propagation and prototype refinement on the image encoder's penultimate features; an "
+                       "accuracy ladder of encoders",
         "batch_size": 16,
         "image": {**image_config(base["backbones"][-1], base["size"]), **rung_image(base)},
         "text": text_cfg,
@@ -180,6 +171,11 @@ def main(argv: Optional[List[str]] = None) -> int:
     parser.add_argument("--calibration", type=Path, default=None,
                         help="folder of natural images for the export checks and the int8 variant's calibration")
     args = parse_args(parser, argv)
+    import torch
+
+    # One torch thread: a matmul split over more threads rounds differently, and the bank embeddings and the
+    # validation numbers must be byte-identical on any core count (two builds, one pinned to one core, compared).
+    torch.set_num_threads(1)
     build(args.out, args.calibration)
     return 0
 

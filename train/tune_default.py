@@ -258,27 +258,26 @@ def evaluate(s: Dict[str, Any], datasets: List[Dataset], gt: Dict[str, Dict[str,
     px32: the mean over that many imbalanced resamples of each (:func:`resampled`).
     """
     scores: Dict[str, List[float]] = {k: [] for k in sets}
+    wanted = set(sets) | ({"holdout", "px32"} if seeds else set())
     for ds in datasets:
         truth = np.array([gt[ds.name][i] for i in ds.ids])
         mask = ds.class_mask()
         w_full = text.weights(s, ds.classes, holdout=False)
         probs, feats = ensemble(cache, ds, "dev", s["members"], s["features"])
-        if "dev" in sets:
-            scores["dev"].append(score_dataset(s, w_full, probs, feats, truth, mask))
-        if "holdout" in sets:
-            w_held = text.weights(s, ds.classes, holdout=True)
-            scores["holdout"].append(score_dataset(s, w_held, probs, feats, truth, mask))
+        # (class weights, probabilities, features) of each image set, each formed once
+        sources = {"dev": (w_full, probs, feats)}
+        if "holdout" in wanted:
+            sources["holdout"] = (text.weights(s, ds.classes, holdout=True), probs, feats)
+        if "px32" in wanted:
+            sources["px32"] = (w_full, *ensemble(cache, ds, "px32", s["members"], s["features"]))
+        for name in ("dev", "holdout", "px32"):
+            if name in sets:
+                scores[name].append(score_dataset(s, *sources[name], truth, mask))
+            if seeds:
+                scores.setdefault(f"{name} x{seeds}", []).append(resampled(s, *sources[name], truth, mask, seeds))
         if "imbalanced" in sets:
             keep = imbalanced_subset(truth)
             scores["imbalanced"].append(score_dataset(s, w_full, probs[keep], feats[keep], truth[keep], mask))
-        if "px32" in sets:
-            small_p, small_f = ensemble(cache, ds, "px32", s["members"], s["features"])
-            scores["px32"].append(score_dataset(s, w_full, small_p, small_f, truth, mask))
-        if seeds:
-            for name, w, (p, f) in (("dev", w_full, (probs, feats)),
-                                    ("holdout", text.weights(s, ds.classes, holdout=True), (probs, feats)),
-                                    ("px32", w_full, ensemble(cache, ds, "px32", s["members"], s["features"]))):
-                scores.setdefault(f"{name} x{seeds}", []).append(resampled(s, w, p, f, truth, mask, seeds))
     return {k: float(np.mean(v)) for k, v in scores.items()}
 
 
@@ -290,7 +289,8 @@ def ablations() -> List[Tuple[str, Dict[str, Any]]]:
     sinkhorn = {"method": "sinkhorn", "iterations": 3, "min_images_per_class": 5}
     em = {"method": "em", "iterations": 3, "em_iterations": 20, "pseudo_count": 2.0, "min_images_per_class": 5}
     before = {"balance": sinkhorn, "features": "probs", "members": rung_members("fp32"),
-              "transductive": {**trans, "scale": 10.0, "log_features": True, "propagate": None}, "group_files": GROUP_FILES[:2]}
+              "transductive": {**trans, "scale": 10.0, "log_features": True, "propagate": None},
+              "group_files": GROUP_FILES[:2]}
     rows = [("default", {}), ("before issue 12 (fp32 rung, log-probability features, Sinkhorn)", before)]
     rows.append(("holdout: whole rows naming a dev class removed (stricter)", {"holdout_rows": True}))
     rows += [(f"rung {r['name']}", {"members": rung_members(r["name"])}) for r in d.RUNGS

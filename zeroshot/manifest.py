@@ -177,8 +177,8 @@ def _check_propagate(section: Optional[Dict[str, Any]], path: Path) -> None:
     if section is None:
         return
     _require(isinstance(section, dict), path, "transductive.propagate must be an object")
-    for key, low in (("neighbours", 1), ("iterations", 0), ("max_images", 2)):
-        value = section.get(key, low if key == "max_images" else None)
+    for key, low, default in (("neighbours", 1, None), ("iterations", 0, None), ("max_images", 2, 2)):
+        value = section.get(key, default)  # max_images is optional
         _require(isinstance(value, int) and not isinstance(value, bool) and value >= low, path,
                  f"transductive.propagate.{key} must be an integer >= {low}")
     alpha = section.get("alpha")

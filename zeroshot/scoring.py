@@ -227,9 +227,10 @@ def propagated_logits(logits: np.ndarray, f: np.ndarray, valid: np.ndarray, clas
     N^2 D), and so is a dataset with fewer than two.
     """
     n_valid = int(valid.sum())
-    if n_valid < 2 or n_valid > int(cfg.get("max_images", n_valid)):
-        if n_valid > 2:
-            logger.info("label propagation skipped: %d images (more than %s)", n_valid, cfg.get("max_images"))
+    if n_valid < 2:
+        return logits
+    if n_valid > int(cfg.get("max_images", n_valid)):
+        logger.info("label propagation skipped: %d images (more than %s)", n_valid, cfg["max_images"])
         return logits
     allowed = np.flatnonzero(class_mask)
     sub = logits[np.ix_(valid, allowed)].astype(np.float64)
@@ -250,7 +251,8 @@ def predict(logits: np.ndarray, valid: np.ndarray, class_mask: np.ndarray,
     (duplicates and empty names are masked); features: float32 (N, D) image
     features for the transductive step (used when ``transductive`` is set;
     with its ``propagate`` section the logits first go through label
-    propagation over the images' kNN graph, :func:`propagated_logits`). Rows that are not valid get the mean probability of the valid rows (the
+    propagation over the images' kNN graph, :func:`propagated_logits`).
+    Rows that are not valid get the mean probability of the valid rows (the
     dataset's prior), so they still get a sensible class. With the
     ``estimated`` balance the whole step runs ``rounds`` more times, each
     balancing towards the class shares the previous run predicted (smoothed
