@@ -22,8 +22,9 @@ from conftest import read_json, run_predict_sh
 from datagen import make_dataset
 from train.image_cache import ImageTower, embed_cached
 from train.pairs import read_class_folders, read_metadata, read_pairs_jsonl
-from train import text_tower
-from train.text_tower import build_parser, latest_checkpoint, main, prepare, train
+from train import tower_loop
+from train.text_tower import build_parser, main, prepare
+from train.tower_loop import latest_checkpoint, train
 from train.tower_model import TinyTextEncoder, freeze_lower, info_nce
 
 STEPS = ["strip", "collapse_spaces", "lowercase", "yo", "trailing_punct"]
@@ -141,7 +142,7 @@ def test_loss_falls_and_resume_after_ctrl_c_equals_uninterrupted(tmp_path: Path,
     assert np.mean(result["losses"][-4:]) < 0.6 * result["losses"][0]
 
     first = prepare(parser.parse_args(_args(contest_data, tiny_model, tmp_path / "b", "--steps", "24")))
-    real_step, calls = text_tower._step, []
+    real_step, calls = tower_loop._step, []
 
     def step_then_ctrl_c(*args, **kwargs):
         calls.append(1)
@@ -150,10 +151,10 @@ def test_loss_falls_and_resume_after_ctrl_c_equals_uninterrupted(tmp_path: Path,
             os.kill(os.getpid(), signal.SIGINT)
         return loss
 
-    monkeypatch.setattr(text_tower, "_step", step_then_ctrl_c)
+    monkeypatch.setattr(tower_loop, "_step", step_then_ctrl_c)
     with pytest.raises(KeyboardInterrupt, match="after step 10"):
         train(first)
-    monkeypatch.setattr(text_tower, "_step", real_step)
+    monkeypatch.setattr(tower_loop, "_step", real_step)
     assert latest_checkpoint(tmp_path / "b").name == "step_00000010.pt"
     assert first.tower.state_dict().keys() == full.tower.state_dict().keys()
     assert not all(torch.equal(v, full.tower.state_dict()[k]) for k, v in first.tower.state_dict().items())

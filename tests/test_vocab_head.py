@@ -10,7 +10,8 @@ import torch
 
 from train.concepts import ConceptBank
 from train.text_encoder import ConceptTextEncoder
-from train.text_tower import TrainConfig, encode_texts, train
+from train.tower_loop import train
+from train.tower_run import TrainConfig, encode_texts
 from train.tiny_model import build_tiny_model
 from train.tower_model import TinyTextEncoder
 from train.vocab_head import BankHeadTextEncoder, holdout_bank, holdout_forms, mix_weights, vocab_run

@@ -41,7 +41,9 @@ from zeroshot.text import normalize_name
 
 from .concepts import ConceptBank, inflections, load_bank
 from .contract import NORMALIZE, tokenizer
-from .text_tower import Run, TrainConfig, TrainData, export_model, train
+from .tower_export import export_model
+from .tower_loop import train
+from .tower_run import Run, TrainConfig, TrainData
 from .tower_model import TextTower, UseMEncoder, freeze_lower
 
 logger = logging.getLogger(__name__)

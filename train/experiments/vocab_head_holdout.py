@@ -37,7 +37,8 @@ from ..build_default import CONCEPT_SCALE, CONCEPT_TOP_K, TEMPLATES
 from ..concepts import ConceptBank, concept_similarities, mix
 from ..contract import NORMALIZE
 from ..image_cache import ImageTower, embed_cached
-from ..text_tower import Run, encode_texts, train
+from ..tower_loop import train
+from ..tower_run import Run, encode_texts
 from ..vocab_head import HEAD, mix_weights, vocab_bank, vocab_run
 
 logger = logging.getLogger(__name__)
