@@ -20,8 +20,10 @@ Figures per process: ``wall`` from start to exit (JSON written); ``load`` until 
 can be processed (for ours, the wall of ``predict.py --check``, which loads the same model);
 ``steady`` images/s = images / (wall - load); ``cpu`` images/s = images / CPU seconds (user +
 sys, steadier than wall time when other processes share the CPU); peak RSS of the pipeline's
-process (see :func:`run_pinned`). The table goes to stdout, the same figures with ratios and the issue's
-bars to ``--out`` (default bench/results/bench.json).
+process (see :func:`run_pinned`); for ours, the rung predict.py ran (its ``--report``). The table goes to
+stdout, the same figures with ratios to ``--out`` (default bench/results/bench.json). Speed is reported, not
+judged: ``--min-ratio X`` makes the run exit 1 when ours is under X times the baseline's images/s on the dev
+set (a gate for whoever wants one; a slower machine alone never fails the default run).
 """
 
 from __future__ import annotations
@@ -51,9 +53,6 @@ logger = logging.getLogger(__name__)
 
 DEFAULT_OUT = REPO / "bench" / "results" / "bench.json"
 LARGE_SIZE = (3000, 2000)
-SPEED_BAR = 5.0           # ours >= 5x the baseline's images/s (end to end, dev set)
-RSS_BAR_MB = 2048.0       # peak RSS under 2 GB ...
-RSS_BAR_IMAGES = JUDGE_IMAGES  # ... over the judge's number of images
 NO_BUDGET_S = "1e9"       # ours runs its full tier on every image, whatever the judge's budget
 _LAUNCHER = """
 import json, resource, subprocess, sys, time
@@ -176,12 +175,15 @@ def measure_ours(name: str, model_args: List[str], set_dir: Path, images: int, l
                  cpu: int) -> Dict[str, Any]:
     """The real predict.py on ``set_dir``; checks that every image got a prediction."""
     out = work / f"{set_dir.name}-{name}.json"
+    report = work / f"{set_dir.name}-{name}.report.json"
     run = run_pinned([sys.executable, str(REPO / "predict.py"), str(set_dir), str(out), *model_args,
-                      "--threads", "1", "--time-budget", NO_BUDGET_S], work / f"{set_dir.name}-{name}.log", cpu)
+                      "--threads", "1", "--time-budget", NO_BUDGET_S, "--report", str(report)],
+                     work / f"{set_dir.name}-{name}.log", cpu)
     predicted = sum(len(v) for v in json.loads(out.read_text(encoding="utf-8")).values())
     if predicted != images:
         raise RuntimeError(f"{out}: {predicted} predictions for {images} images")
-    return _figures(name, images, run, load_s)
+    rung = json.loads(report.read_text(encoding="utf-8"))["model"].get("variant")
+    return {**_figures(name, images, run, load_s), "rung": rung}
 
 
 def measure_load(name: str, model_args: List[str], work: Path, cpu: int) -> float:
@@ -267,33 +269,23 @@ def ratios(rows: List[Dict[str, Any]]) -> Dict[str, Dict[str, float]]:
     return out
 
 
-def bars(results: Dict[str, List[Dict[str, Any]]], set_ratios: Dict[str, Dict[str, Dict[str, float]]],
-         model_name: str) -> List[Dict[str, Any]]:
-    """The issue's bars for every ours-variant: >= 5x the baseline on the dev set, peak RSS < 2 GB."""
-    out: List[Dict[str, Any]] = []
-    for row in results.get("dev", []):
-        name = row["pipeline"]
-        if not name.startswith("ours"):
-            continue
-        speed = set_ratios["dev"][name]["vs_baseline"]
-        rss = max(r["peak_rss_mb"] for rows in results.values() for r in rows if r["pipeline"] == name)
-        out.append({"pipeline": name, "model": model_name, "bar": f"images/s >= {SPEED_BAR:g}x baseline (dev)",
-                    "value": speed, "threshold": SPEED_BAR, "passed": speed >= SPEED_BAR})
-        out.append({"pipeline": name, "model": model_name,
-                    "bar": f"peak RSS < {RSS_BAR_MB:g} MB over {row['images']} images (issue: {RSS_BAR_IMAGES})",
-                    "value": rss, "threshold": RSS_BAR_MB,
-                    "passed": rss < RSS_BAR_MB and row["images"] >= RSS_BAR_IMAGES})
-    return out
+def gate(set_ratios: Dict[str, Dict[str, Dict[str, float]]], min_ratio: Optional[float]) -> List[Dict[str, Any]]:
+    """With ``--min-ratio``: for every ours-pipeline, whether its end-to-end images/s on the dev set is at least
+    ``min_ratio`` times the baseline's; empty without it."""
+    if min_ratio is None:
+        return []
+    return [{"pipeline": name, "ratio": rat["vs_baseline"], "min_ratio": min_ratio,
+             "passed": rat["vs_baseline"] >= min_ratio} for name, rat in set_ratios.get("dev", {}).items()]
 
 
 def format_report(report: Dict[str, Any]) -> str:
-    """The table, the ratios and the bars as plain text."""
-    head = (f"{'set':<6} {'pipeline':<10} {'images':>6} {'load s':>7} {'wall s':>8} {'img/s':>8} "
+    """The table, the ratios and (with --min-ratio) the gate as plain text."""
+    head = (f"{'set':<6} {'pipeline':<10} {'rung':<14} {'images':>6} {'load s':>7} {'wall s':>8} {'img/s':>8} "
             f"{'steady img/s':>12} {'ms/img':>8} {'cpu img/s':>9} {'peak RSS MB':>11}")
     lines = [head, "-" * len(head)]
     for set_name, rows in report["results"].items():
         for r in rows:
-            lines.append(f"{set_name:<6} {r['pipeline']:<10} {r['images']:>6} {r['load_s']:>7.2f} {r['wall_s']:>8.2f} "
+            lines.append(f"{set_name:<6} {r['pipeline']:<10} {r.get('rung') or '-':<14} {r['images']:>6} {r['load_s']:>7.2f} {r['wall_s']:>8.2f} "
                          f"{r['images_per_s']:>8.2f} {r['steady_images_per_s']:>12.2f} {r['ms_per_image']:>8.2f} "
                          f"{r['cpu_images_per_s']:>9.2f} {r['peak_rss_mb']:>11.0f}")
     lines.append("")
@@ -302,9 +294,9 @@ def format_report(report: Dict[str, Any]) -> str:
             lines.append(f"{set_name:<6} {name}/baseline {rat['vs_baseline']:.2f}x end to end, "
                          f"{rat['vs_baseline_steady']:.2f}x steady, {rat['vs_baseline_cpu']:.2f}x per CPU second; "
                          f"{name}/ceiling {rat['vs_ceiling_steady']:.2f} steady")
-    for bar in report["bars"]:
-        lines.append(f"bar {bar['pipeline']} ({bar['model']}): {bar['bar']}: {bar['value']:.2f} "
-                     f"{'PASS' if bar['passed'] else 'FAIL'}")
+    for check in report["gate"]:
+        lines.append(f"gate {check['pipeline']}: {check['ratio']:.2f}x the baseline on dev, --min-ratio "
+                     f"{check['min_ratio']:g}: {'met' if check['passed'] else 'NOT MET'}")
     for note in report["notes"]:
         lines.append(f"note: {note}")
     return "\n".join(lines)
@@ -327,6 +319,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--cpu", type=int, default=min(os.sched_getaffinity(0)),
                         help="the one CPU every pipeline is pinned to (default: the first this process may use)")
     parser.add_argument("--out", type=Path, default=DEFAULT_OUT, help="JSON report (default: %(default)s)")
+    parser.add_argument("--min-ratio", type=float, default=None,
+                        help="exit 1 unless ours runs at least this many times the baseline's images/s on the dev "
+                             "set (default: no gate, speed is only reported)")
     parser.add_argument("--leg", choices=["baseline", "ceiling"], help=argparse.SUPPRESS)
     parser.add_argument("--leg-out", type=Path, help=argparse.SUPPRESS)
     return parser
@@ -367,7 +362,7 @@ def run_bench(args: argparse.Namespace, work: Path) -> Dict[str, Any]:
             "data": str(args.data), "sets": sets,
             "baseline": {"arch": "resnet50", "size": args.baseline_size, "batch": args.baseline_batch},
             "load_average": {"before": load_before, "after": load_after},
-            "results": results, "ratios": set_ratios, "bars": bars(results, set_ratios, model_name),
+            "results": results, "ratios": set_ratios, "gate": gate(set_ratios, args.min_ratio),
             "notes": notes}
 
 
@@ -391,7 +386,7 @@ def main(argv: Optional[List[str]] = None) -> int:
     args.out.write_text(json.dumps(report, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
     sys.stdout.write(format_report(report) + "\n")
     logger.info("wrote %s", args.out)
-    return 0
+    return 1 if any(not check["passed"] for check in report["gate"]) else 0
 
 
 if __name__ == "__main__":

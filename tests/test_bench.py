@@ -74,11 +74,18 @@ def test_bench_measures_every_pipeline(model_with_int8: Path, small_data: Path, 
                 by[name]["cpu_images_per_s"] / by["baseline"]["cpu_images_per_s"])
             assert rat["vs_ceiling_steady"] == pytest.approx(
                 by[name]["steady_images_per_s"] / by["ceiling"]["steady_images_per_s"])
-    assert {b["pipeline"] for b in report["bars"]} == {"ours", "ours-int8"}
+    assert report["gate"] == [] and "gate" not in capsys.readouterr().out  # speed is reported, not judged
+    assert {r["pipeline"]: r.get("rung") for r in report["results"]["dev"]}["ours-int8"] == "int8"
     assert not any("skipped" in note for note in report["notes"])
     assert report["legs"]["ours-int8"] == f"--model {model_with_int8} --variant int8"
+    out2 = tmp_path / "gated.json"
+    rc = bench.main(["--model", str(model_with_int8), "--data", str(small_data), "--repeat-to", "4", "--large", "0",
+                     "--baseline-size", "32", "--out", str(out2), "--min-ratio", "1e9"])
     table = capsys.readouterr().out
-    assert "ours-int8" in table and "baseline" in table and "ceiling" in table
+    assert rc == 1 and "NOT MET" in table
+    gated = json.loads(out2.read_text(encoding="utf-8"))["gate"]
+    assert {g["pipeline"] for g in gated} == {"ours", "ours-int8"} and not any(g["passed"] for g in gated)
+    assert "ours-int8" in table and "baseline" in table and "ceiling" in table and "int8" in table
 
 
 def test_int8_leg_is_skipped_with_a_note_when_its_folder_is_missing(tiny_model: Path, small_data: Path,
