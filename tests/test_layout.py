@@ -191,9 +191,9 @@ def test_every_onnx_writer_in_train_finalizes() -> None:
     """onnx_compat's promise: a train/ module that writes ONNX also calls finalize_onnx (opset/IR limits)."""
     writers = ("onnx.save(", "torch.onnx.export(", "quantize_static(", "optimized_model_filepath")
     checked = []
-    for path in sorted((REPO / "train").glob("*.py")):
+    for path in sorted((REPO / "train").rglob("*.py")):
         source = path.read_text(encoding="utf-8")
         if path.name != "onnx_compat.py" and any(w in source for w in writers):
             checked.append(path.name)
             assert "finalize_onnx(" in source, path
-    assert {"image_encoder.py", "text_encoder.py", "use_m.py", "tiny_model.py"} <= set(checked)
+    assert {"image_encoder.py", "text_encoder.py", "use_m.py", "tiny_model.py", "variants.py", "parity.py"} <= set(checked)

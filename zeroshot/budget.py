@@ -2,7 +2,7 @@
 
 Three tiers, from best to cheapest: ``full`` (image.size), ``fast``
 (image.fast_size, when the manifest offers one) and ``prior`` (no decoding:
-the image gets its dataset's most likely class). Before each batch the budget
+the image gets its dataset's prior class, Dataset.prior_class). Before each batch the budget
 projects the finish from everything still to do -- the images at the measured
 seconds per image of each tier, the class prompts of the datasets not yet
 encoded at the measured seconds per prompt, and a measured overhead per

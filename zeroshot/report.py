@@ -27,7 +27,7 @@ from typing import Any, Dict, List, Optional
 from .outputs import write_json_atomic
 
 REPORT_VERSION = 1
-PACKAGES = ("numpy", "onnxruntime", "PIL", "sentencepiece")
+PACKAGES = ("numpy", "onnxruntime", "PIL", "sentencepiece", "tokenizers")
 
 
 def package_versions() -> Dict[str, str]:
