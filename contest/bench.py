@@ -47,7 +47,7 @@ from zeroshot.command import make_parser, parse_args
 from zeroshot.datasets import CLASSES_FILE, IMAGES_DIR, discover
 from zeroshot.limits import DEVSETS_DIR, JUDGE_IMAGES, MODEL_DIR
 from zeroshot.limits import REPO_ROOT as REPO
-from zeroshot.manifest import MANIFEST_NAME, load_manifest
+from zeroshot.manifest import MANIFEST_NAME, Manifest, load_manifest
 
 logger = logging.getLogger(__name__)
 
@@ -120,14 +120,14 @@ def warm_cache(root: Path) -> None:
             path.read_bytes()
 
 
-def variant_legs(args: argparse.Namespace, manifest: Dict[str, Any], notes: List[str]) -> List[Tuple[str, List[str]]]:
+def variant_legs(args: argparse.Namespace, manifest: Manifest, notes: List[str]) -> List[Tuple[str, List[str]]]:
     """predict.py's model arguments for the legs beyond ``ours``: one per variant the manifest lists
     (``ours-<name>``, ``--variant <name>``) whose files differ from the default ones, and ``ours-int8``
     for --int8-model DIR. A note says when there is none."""
     legs: List[Tuple[str, List[str]]] = []
-    default = {k: v["path"] for k, v in manifest["files"].items()}
-    for name, variant in sorted(manifest.get("variants", {}).items()):
-        if any(default.get(k) != v["path"] for k, v in variant["files"].items()):
+    default = {k: v.path for k, v in manifest.files.items()}
+    for name, variant in sorted(manifest.variants.items()):
+        if any(default.get(k) != v.path for k, v in variant.files.items()):
             legs.append((f"ours-{name}", ["--model", str(args.model), "--variant", name]))
     if args.int8_model is not None:
         if (args.int8_model / MANIFEST_NAME).is_file():
@@ -237,14 +237,14 @@ def leg_ceiling(data: Path, model_dir: Path) -> Dict[str, Any]:
     """Decode + preprocess every image of ``data`` at the model's image size, one thread, no model."""
     from zeroshot.images import ImageError, load_image, preprocess
 
-    cfg = load_manifest(model_dir)["image"]
+    cfg = load_manifest(model_dir).image
     datasets, _ = discover(data)
     started = time.perf_counter()
     failed = 0
     for ds in datasets:
         for path in ds.images:
             try:
-                preprocess(load_image(path, cfg["size"]), cfg, cfg["size"])
+                preprocess(load_image(path, cfg.size), cfg, cfg.size)
             except ImageError as exc:
                 logger.warning("%s", exc)
                 failed += 1
@@ -356,7 +356,7 @@ def run_bench(args: argparse.Namespace, work: Path) -> Dict[str, Any]:
         notes.append(f"other processes competed for the CPUs (1-min load average {load_before[0]:.1f} before, "
                      f"{load_after[0]:.1f} after): wall-clock figures are noisy, 'cpu img/s' less so")
     set_ratios = {name: ratios(rows) for name, rows in results.items()}
-    model_name = manifest.get("name", "unnamed")
+    model_name = manifest.name
     return {"cpu": args.cpu, "model": {"dir": str(args.model), "name": model_name},
             "legs": {name: " ".join(model_args) for name, model_args in variants},
             "data": str(args.data), "sets": sets,

@@ -71,8 +71,8 @@ def model_entries(model_dir: Path) -> List[Entry]:
     """
     manifest = load_manifest(model_dir)
     files = {MANIFEST_NAME: model_dir / MANIFEST_NAME}
-    for variant in [None, *sorted(manifest.get("variants", {}))]:
-        for key in sorted(manifest["files"]):
+    for variant in [None, *sorted(manifest.variants)]:
+        for key in sorted(manifest.files):
             path = resolve_file(manifest, model_dir, key, verify=False, variant=variant)
             name = path.relative_to(model_dir).as_posix()
             if name not in files:

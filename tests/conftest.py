@@ -56,3 +56,15 @@ def run_predict_sh(datasets: Path, out_json: Path, model: Path, *extra: str,
 
 def read_json(path: Path) -> dict:
     return json.loads(path.read_text(encoding="utf-8"))
+
+
+def assert_round_trips(model_dir: Path):
+    """The folder's manifest.json is exactly what its type (zeroshot.manifest.Manifest) writes, and reading what
+    it writes gives the same manifest back; returns it."""
+    from zeroshot.manifest import MANIFEST_NAME, Manifest
+
+    path = model_dir / MANIFEST_NAME
+    manifest = Manifest.load(model_dir)
+    assert path.read_text(encoding="utf-8") == manifest.to_json()
+    assert Manifest.from_dict(json.loads(manifest.to_json()), path) == manifest
+    return manifest

@@ -22,7 +22,7 @@ def model_with_int8(tmp_path_factory: pytest.TempPathFactory) -> Path:
     from train.tiny_model import build_tiny_model
 
     out = tmp_path_factory.mktemp("tiny_int8")
-    manifest = build_tiny_model(out)
+    manifest = build_tiny_model(out).to_dict()
     shutil.copyfile(out / "image_encoder.onnx", out / "image_encoder.int8.onnx")
     files = {role: entry["path"] for role, entry in manifest.pop("files").items()}
     manifest.pop("format_version")

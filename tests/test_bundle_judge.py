@@ -97,7 +97,7 @@ def test_archive_holds_exactly_the_allowed_files(dev_archive: Path, tiny_model: 
     expected = {"setup.sh", "predict.sh", "predict.py"}
     expected |= {p.relative_to(REPO).as_posix() for p in (REPO / "zeroshot").rglob("*.py")
                  if "__pycache__" not in p.parts}
-    expected |= {f"model/{MANIFEST_NAME}"} | {f"model/{f['path']}" for f in manifest["files"].values()}
+    expected |= {f"model/{MANIFEST_NAME}"} | {f"model/{path}" for path in manifest.all_files()}
     with zipfile.ZipFile(dev_archive) as zf:
         infos = zf.infolist()
     assert {i.filename for i in infos} == expected
@@ -289,7 +289,8 @@ def variant_model(tiny_model: Path, tmp_path_factory: pytest.TempPathFactory) ->
     model = tmp_path_factory.mktemp("variant_model") / "model"
     shutil.copytree(tiny_model, model)
     build_image_encoder(model / "image_encoder.alt.onnx", np.random.default_rng(7))
-    sections = {k: v for k, v in load_manifest(model).items() if k not in ("files", "variants", "format_version")}
+    sections = {k: v for k, v in load_manifest(model).to_dict().items()
+                if k not in ("files", "variants", "format_version")}
     write_manifest(model, model_files(), sections, {"alt": {"image_encoder": "image_encoder.alt.onnx"}})
     return model
 
@@ -301,11 +302,11 @@ def test_every_variant_the_archived_manifest_lists_runs_from_the_unzipped_archiv
     assert "not named in" not in caplog.text
     app = unzip(archive, tmp_path / "app")
     manifest = load_manifest(app / "model")
-    assert sorted(manifest["variants"]) == ["alt"]
+    assert sorted(manifest.variants) == ["alt"]
     env = dict(os.environ, PYTHON=sys.executable)
     subprocess.run(["bash", str(app / "setup.sh")], env=env, check=True, capture_output=True, cwd="/")
     preds = {}
-    for variant in [None, *manifest["variants"]]:
+    for variant in [None, *manifest.variants]:
         out = tmp_path / f"{variant}.json"
         extra = ["--variant", variant] if variant else []
         proc = subprocess.run(["bash", str(app / "predict.sh"), str(datasets[0]), str(out), *extra, "--strict"],

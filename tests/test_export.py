@@ -21,7 +21,7 @@ import numpy as np
 import pytest
 import torch
 
-from conftest import REPO, read_json, run_predict_sh
+from conftest import REPO, assert_round_trips, read_json, run_predict_sh
 from datagen import make_dataset
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -31,7 +31,7 @@ from train.export import cli, corpus, random_models as rm, sources  # noqa: E402
 from train.export.onnx_image import torch_image_embeddings  # noqa: E402
 from zeroshot.datasets import discover, image_id  # noqa: E402
 from zeroshot.images import load_image, preprocess  # noqa: E402
-from zeroshot.manifest import load_manifest  # noqa: E402
+from zeroshot.manifest import ImageConfig, load_manifest  # noqa: E402
 from zeroshot.text import build_prompts  # noqa: E402
 
 CLASSES = {"animals": ["кошка", "собака", "ёж", "самолёт"], "things": ["стол", "стул", "electric guitar"]}
@@ -56,7 +56,8 @@ def torch_predictions(source: sources.Source, root: Path, templates: List[str],
                       normalize: List[str]) -> Dict[str, Dict[str, int]]:
     """The torch reference: the checkpoint's own towers and tokenizer, mean of normalised prompt embeddings."""
     found, _ = discover(root)
-    cfg, size = source.image_cfg, source.image_cfg["size"]
+    cfg = ImageConfig(input="pixel_values", output="image_embeds", **source.image_cfg)
+    size = cfg.size
     out: Dict[str, Dict[str, int]] = {}
     for ds in found:
         pixels = np.stack([preprocess(load_image(p, size), cfg, size) for p in ds.images])
@@ -81,7 +82,8 @@ def dev_set(tmp_path_factory: pytest.TempPathFactory) -> Path:
 def run_export(args: List[str], out: Path, dev_set: Path) -> dict:
     assert cli.main(args + ["--out", str(out), "--images", IMAGES, "--dev-set", str(dev_set),
                             "--log-level", "WARNING"]) == 0
-    return load_manifest(out)
+    assert_round_trips(out)  # the runtime reads exactly what the exporter wrote
+    return read_json(out / "manifest.json")
 
 
 def check_validation(manifest: dict) -> None:
@@ -99,7 +101,7 @@ def check_validation(manifest: dict) -> None:
 
 def check_predictions(model: Path, source: sources.Source, datasets: Path, tmp_path: Path) -> float:
     """predict.sh --model on the generated datasets == the torch reference on >= 98% of images."""
-    manifest = load_manifest(model)
+    manifest = read_json(model / "manifest.json")
     out = tmp_path / "preds.json"
     proc = run_predict_sh(datasets, out, model)
     assert proc.returncode == 0, proc.stderr[-2000:]
@@ -137,7 +139,7 @@ def test_open_clip_cli_contract_plain_variants_plan(ckpts: Path, datasets: Path,
     fp32 = next(r for r in rows if r["variant"] == "fp32")
     fp16 = next(r for r in rows if r["variant"] == "fp16")
     assert fp32["images_per_s"] > 0 and fp32["fits_size"] and fp32["fits_time"] and fp16["model_mb"] < fp32["model_mb"]
-    assert manifest["default_variant"] == "fp32"
+    assert manifest["validation"]["default_variant"] == "fp32"
     assert "size and time plan" in capsys.readouterr().out
     source = sources.load_source("open_clip", None, str(paths["config"]), paths["checkpoint"])
     check_predictions(model, source, datasets, tmp_path)

@@ -8,7 +8,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from conftest import read_json, run_predict_sh
+from conftest import assert_round_trips, read_json, run_predict_sh
 from datagen import COLORS, make_dataset, photo
 
 from zeroshot.encoders import Model
@@ -55,12 +55,12 @@ def test_logistic_regression_separates_and_the_offset_counts() -> None:
 
 
 def test_train_writes_a_validated_head_into_a_new_model_folder(headed_model: Path, tiny_model: Path) -> None:
-    manifest = load_manifest(headed_model)
-    assert manifest["head"]["classes"] == sorted(CLASSES)
-    assert manifest["head"]["records"] == 18 and manifest["head"]["skipped"] == 1  # the broken file
-    head = read_head(headed_model / manifest["files"]["head"]["path"])
+    manifest = assert_round_trips(headed_model)
+    assert manifest.head.classes == sorted(CLASSES)
+    assert manifest.head.training["records"] == 18 and manifest.head.training["skipped"] == 1  # the broken file
+    head = read_head(headed_model / manifest.files["head"].path)
     assert head.weights.shape == (16, 3)
-    assert "head" not in load_manifest(tiny_model)  # the base model is untouched
+    assert load_manifest(tiny_model).head is None  # the base model is untouched
     assert Model(headed_model).head is not None
 
 
@@ -107,9 +107,9 @@ def test_csv_records_with_text_and_bad_rows(tiny_model: Path, tmp_path: Path) ->
     out = tmp_path / "model"
     assert head_main(["--model", str(tiny_model), "train", str(csv_path), str(out)]) == 0
     manifest = load_manifest(out)
-    assert manifest["head"]["text"] is True and manifest["head"]["zero_shot"] is False
-    assert manifest["head"]["classes"] == CLASSES  # CSV: order of first appearance
-    assert manifest["head"]["records"] == 12 and manifest["head"]["skipped"] == 1
+    assert manifest.head.text is True and manifest.head.zero_shot is False
+    assert manifest.head.classes == CLASSES  # CSV: order of first appearance
+    assert manifest.head.training["records"] == 12 and manifest.head.training["skipped"] == 1
     head = Model(out).head
     assert head is not None and head.weights.shape == (32, 3)
 

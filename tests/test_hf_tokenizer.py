@@ -14,7 +14,7 @@ from conftest import read_json, run_predict_sh
 from datagen import make_dataset
 from train.manifest_io import write_manifest
 from zeroshot.encoders import Model
-from zeroshot.manifest import validate_manifest
+from zeroshot.manifest import TokenizerConfig, to_dict, validate_manifest
 from zeroshot.text import Tokenizer, load_id_map
 
 WORDS = ["кот", "кошка", "собака", "пёс", "фото", "на", "котором", "изображено", "картинка", "изображение",
@@ -43,10 +43,10 @@ def hf_json(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return build_hf_tokenizer(tmp_path_factory.mktemp("hf") / "tokenizer.json")
 
 
-def _cfg(**kw: Any) -> Dict[str, Any]:
+def _cfg(**kw: Any) -> TokenizerConfig:
     cfg: Dict[str, Any] = {"type": "hf_tokenizers", "bos_id": 2, "eos_id": 3, "pad_id": 0, "context_length": None}
     cfg.update(kw)
-    return cfg
+    return TokenizerConfig(**cfg)
 
 
 def test_post_processor_adds_specials_and_pads_right(hf_json: Path) -> None:
@@ -124,8 +124,8 @@ def _hf_model(tiny_model: Path, hf_json: Path, out: Path) -> Path:
     np.save(out / "tokenizer_ids.npy", (np.arange(90, dtype=np.int32) * 7) % 120)
     sections = {k: v for k, v in read_json(tiny_model / "manifest.json").items()
                 if k not in ("files", "format_version")}
-    sections["text"]["tokenizer"] = _cfg(context_length=16, pad_to_context=True, lowercase=True,
-                                         id_map="tokenizer_ids.npy")
+    sections["text"]["tokenizer"] = to_dict(_cfg(context_length=16, pad_to_context=True, lowercase=True,
+                                                 id_map="tokenizer_ids.npy"))
     sections["score"]["bias"] = -5.0
     write_manifest(out, {"image_encoder": "image_encoder.onnx", "text_encoder": "text_encoder.onnx",
                          "tokenizer": "tokenizer.json", "tokenizer_id_map": "tokenizer_ids.npy"}, sections)

@@ -59,7 +59,7 @@ def test_parity_recorded_within_tolerance(exported) -> None:
     _, record, images = exported
     cfg = ie.image_config("lite0", SIZE)
     assert record["check_images"] == len(images) and record["check_source"] == "files"
-    assert set(record["max_abs_diff"]) == {str(SIZE), str(cfg["fast_size"])}
+    assert set(record["max_abs_diff"]) == {str(SIZE), str(cfg.fast_size)}
     assert max(record["max_abs_diff"].values()) <= ie.PARITY_TOLERANCE
     assert record["max_row_sum_error"] <= ie.PARITY_TOLERANCE
 
@@ -91,8 +91,8 @@ def test_temperature_and_config() -> None:
     with pytest.raises(ValueError):
         ie.ProbabilityHead(torch.nn.Identity(), temperature=0.0)
     cfg = ie.image_config("lite2")
-    assert cfg["size"] == 260 and 0 < cfg["fast_size"] <= cfg["size"]
-    assert cfg["mean"] == pytest.approx([127 / 255] * 3) and cfg["std"] == pytest.approx([128 / 255] * 3)
+    assert cfg.size == 260 and 0 < cfg.fast_size <= cfg.size
+    assert cfg.mean == pytest.approx([127 / 255] * 3) and cfg.std == pytest.approx([128 / 255] * 3)
     with pytest.raises(ValueError):
         ie.image_config("lite9")
 

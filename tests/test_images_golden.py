@@ -9,21 +9,22 @@ numpy reference.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Dict, Tuple
+from typing import Tuple
 
 import numpy as np
 import pytest
 from PIL import Image
 
 from zeroshot.images import crop_box, load_image, preprocess
+from zeroshot.manifest import ImageConfig
 
 MEAN = [0.1, 0.2, 0.3]        # distinct per channel, so a swapped channel or statistic shows
 STD = [0.5, 0.25, 0.125]
 EXIF_ORIENTATION = 0x0112
 
 
-def cfg(resize: str = "center_crop") -> Dict[str, object]:
-    return {"resize": resize, "interpolation": "bilinear", "mean": MEAN, "std": STD}
+def cfg(resize: str = "center_crop") -> ImageConfig:
+    return ImageConfig(input="x", output="y", size=2, resize=resize, interpolation="bilinear", mean=MEAN, std=STD)
 
 
 def normalise(rgb: np.ndarray) -> np.ndarray:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import dataclasses
 from pathlib import Path
 
 import pytest
@@ -10,10 +11,9 @@ import pytest
 from conftest import read_json, run_predict_sh
 from datagen import make_dataset
 from zeroshot.ladder import choose, select_rung
-from zeroshot.manifest import validate_manifest
+from zeroshot.manifest import Manifest, Variant, validate_manifest
 
 NAMES = ["int8", "fp32", "ensemble"]
-MANIFEST = {"ladder": NAMES, "variants": {n: {} for n in NAMES}}
 COST = {"int8": 0.025, "fp32": 0.035, "ensemble": 0.205}
 
 
@@ -33,23 +33,25 @@ def test_choose_falls_back_to_the_cheapest_when_nothing_fits() -> None:
     assert choice.rung == "int8" and "no rung fits" in choice.reason
 
 
-def test_forced_rung_and_unknown_rung(tmp_path: Path) -> None:
-    assert select_rung(tmp_path, MANIFEST, "fp32", [], 10, 1, None) == "fp32"
+def test_forced_rung_and_unknown_rung(tiny_model: Path) -> None:
+    plain = Manifest.load(tiny_model)
+    ref = plain.files["image_encoder"]
+    laddered = dataclasses.replace(plain, ladder=NAMES, variants={n: Variant(files={"image_encoder": ref})
+                                                                  for n in NAMES})
+    assert select_rung(tiny_model, laddered, "fp32", [], 10, 1, None) == "fp32"
     with pytest.raises(ValueError, match="no rung 'huge'"):
-        select_rung(tmp_path, MANIFEST, "huge", [], 10, 1, None)
-    assert select_rung(tmp_path, {}, None, [], 10, 1, None) is None
+        select_rung(tiny_model, laddered, "huge", [], 10, 1, None)
+    assert select_rung(tiny_model, plain, None, [], 10, 1, None) is None
 
 
 def test_manifest_ladder_must_name_variants_with_costs(tiny_model: Path) -> None:
-    from zeroshot.manifest import load_manifest
-
-    base = load_manifest(tiny_model)
+    base = read_json(tiny_model / "manifest.json")
     entry = base["files"]["image_encoder"]
     good = copy.deepcopy(base)
     good["variants"] = {"big": {"files": {"image_encoder": entry}, "image": {"size": 64}}}
     good["ladder"] = ["big"]
     validate_manifest(good, tiny_model / "manifest.json")
-    for broken, message in [({"ladder": ["nope"]}, "ladder rung 'nope'"), ({"ladder": []}, "non-empty"),
+    for broken, message in [({"ladder": ["nope"]}, "ladder rung 'nope'"), ({"ladder": ["big", "big"]}, "distinct"),
                             ({"variants": {"big": {"files": {"image_encoder": entry}, "image": {"size": 0}}}},
                              "image.size")]:
         bad = copy.deepcopy(good)

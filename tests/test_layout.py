@@ -99,11 +99,12 @@ def test_text_config_is_what_the_runtime_reads(tmp_path: Path) -> None:
     from train.contract import SENTENCEPIECE_IDS, text_config, token_feeds, tokenizer
     from train.tiny_model import build_tiny_model
     from zeroshot.encoders import Model
+    from zeroshot.manifest import TextConfig, read_section, to_dict
 
     manifest = build_tiny_model(tmp_path, seed=1)
-    assert manifest["text"] == text_config("text_embeds", ["{}", "фото: {}"])
+    assert manifest.text == read_section(TextConfig, text_config("text_embeds", ["{}", "фото: {}"]))
     model = Model(tmp_path, threads=1)
-    feeds = token_feeds(tokenizer(tmp_path / manifest["files"]["tokenizer"]["path"], manifest["text"]["tokenizer"]),
+    feeds = token_feeds(tokenizer(tmp_path / manifest.files["tokenizer"].path, to_dict(manifest.text.tokenizer)),
                         ["кот", "рыжий кот"])
     ids, mask = model.tokenizer.batch(["кот", "рыжий кот"])
     assert (feeds["input_ids"] == ids).all() and (feeds["attention_mask"] == mask).all()
@@ -184,7 +185,7 @@ def test_the_model_rule_depends_on_every_file_the_builder_reads() -> None:
 def test_import_closure_follows_lazy_and_relative_imports(tmp_path: Path) -> None:
     assert "train/text_encoder.py" in imported_files("train.build_default")  # imported inside a function
     assert "train/onnx_compat.py" in imported_files("train.text_encoder")    # relative import
-    assert imported_files("zeroshot.images") == {"zeroshot/__init__.py", "zeroshot/images.py"}
+    assert imported_files("zeroshot.images") == {"zeroshot/__init__.py", "zeroshot/images.py", "zeroshot/manifest.py"}
 
 
 def test_every_onnx_writer_in_train_finalizes() -> None:

@@ -26,6 +26,7 @@ from PIL import Image, ImageDraw
 from train.experiments.preprocess_reference import clip_reference, ruclip_reference
 from train.experiments.preprocess_reference import runtime_pixels as ours
 from zeroshot.images import preprocess
+from zeroshot.manifest import ImageConfig
 
 SIZES = [(300, 201), (201, 300), (640, 480), (333, 500), (225, 224), (500, 101), (97, 131), (224, 224)]
 
@@ -58,7 +59,8 @@ def test_preprocess_matches_the_two_step_reference(size, resize, interpolation, 
 def test_clip_normalisation_uses_the_manifest_mean_and_std() -> None:
     img = Image.new("RGB", (50, 40), (200, 100, 50))
     mean, std = [0.48145466, 0.4578275, 0.40821073], [0.26862954, 0.26130258, 0.27577711]
-    out = preprocess(img, {"resize": "center_crop", "interpolation": "bicubic", "mean": mean, "std": std}, 16)
+    out = preprocess(img, ImageConfig(input="x", output="y", size=16, resize="center_crop", interpolation="bicubic",
+                                 mean=mean, std=std), 16)
     want = (np.array([200, 100, 50]) / 255.0 - np.array(mean)) / np.array(std)
     assert out.shape == (3, 16, 16) and out.dtype == np.float32
     assert np.allclose(out[:, 5, 7], want, atol=1e-5)

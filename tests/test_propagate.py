@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 import numpy as np
 import pytest
 
+from zeroshot.manifest import BalanceConfig, PropagateConfig, TransductiveConfig, to_dict
 from zeroshot.scoring import knn_graph, predict, propagated_logits, unit_features
 
-PROP = {"neighbours": 5, "alpha": 0.5, "power": 3.0, "iterations": 20, "max_images": 10000}
+PROP = PropagateConfig(neighbours=5, alpha=0.5, power=3.0, iterations=20, max_images=10000)
 
 
 def _clusters(seed: int = 0, per_cluster: int = 30, classes: int = 4):
@@ -41,7 +44,7 @@ def test_propagation_lets_a_cluster_agree() -> None:
     before = (logits.argmax(1) == truth).mean()
     after = (propagated_logits(logits, f, valid, mask, PROP).argmax(1) == truth).mean()
     assert before < 0.7 and after > before + 0.15, "alpha 0.5: each image keeps half of its own evidence"
-    strong = (propagated_logits(logits, f, valid, mask, {**PROP, "alpha": 0.9}).argmax(1) == truth).mean()
+    strong = (propagated_logits(logits, f, valid, mask, dataclasses.replace(PROP, alpha=0.9)).argmax(1) == truth).mean()
     assert strong > 0.95
 
 
@@ -49,10 +52,10 @@ def test_propagation_raises_the_end_to_end_accuracy() -> None:
     """predict() runs it when the transductive section has ``propagate`` (no prototype rounds here)."""
     logits, f, truth = _clusters(seed=3)
     valid, mask = np.ones(len(truth), bool), np.ones(4, bool)
-    balance = {"method": "sinkhorn", "iterations": 3}
-    trans = {"method": "prototypes", "iterations": 0, "weight": 1.0, "scale": 10.0, "center": True}
+    balance = BalanceConfig(method="sinkhorn", iterations=3)
+    trans = TransductiveConfig(iterations=0, weight=1.0, scale=10.0, center=True)
     plain = (predict(logits, valid, mask, balance, f, trans) == truth).mean()
-    spread = (predict(logits, valid, mask, balance, f, {**trans, "propagate": PROP}) == truth).mean()
+    spread = (predict(logits, valid, mask, balance, f, dataclasses.replace(trans, propagate=PROP)) == truth).mean()
     assert spread > plain + 0.1
 
 
@@ -75,7 +78,7 @@ def test_invalid_rows_and_masked_classes_are_left_alone() -> None:
 def test_large_datasets_and_single_images_are_skipped() -> None:
     logits, f, truth = _clusters()
     valid, mask = np.ones(len(truth), bool), np.ones(4, bool)
-    assert np.array_equal(propagated_logits(logits, f, valid, mask, {**PROP, "max_images": 100}), logits)
+    assert np.array_equal(propagated_logits(logits, f, valid, mask, dataclasses.replace(PROP, max_images=100)), logits)
     one = np.zeros(len(truth), bool)
     one[0] = True
     assert np.array_equal(propagated_logits(logits, f, one, mask, PROP), logits)
@@ -93,6 +96,6 @@ def test_manifest_rejects_a_mistyped_propagate_section(tmp_path, key, value) -> 
     from train.tiny_model import build_tiny_model
 
     section = {"method": "prototypes", "iterations": 2, "weight": 1.0, "scale": 10.0, "center": True,
-               "propagate": {**PROP, key: value}}
+               "propagate": {**to_dict(PROP), key: value}}
     with pytest.raises(ValueError, match=f"transductive.propagate.{key}"):
         build_tiny_model(tmp_path, overrides={"transductive": section})

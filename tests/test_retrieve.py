@@ -78,7 +78,7 @@ def test_query_ranks_by_the_manifest_score(tiny_model: Path, folder: Path, tmp_p
     assert scores == sorted(scores, reverse=True)
     model = Model(tiny_model)
     idx = retrieve.load_index(index)
-    expected = class_logits(idx.vectors, model.class_vectors(["красная машина"]), model.manifest["score"])[:, 0]
+    expected = class_logits(idx.vectors, model.class_vectors(["красная машина"]), model.manifest.score)[:, 0]
     best = int(np.argmax(expected))
     assert out[0]["path"] == str(folder / idx.paths[best])
     assert out[0]["score"] == pytest.approx(float(expected[best]), abs=1e-5)

@@ -15,9 +15,10 @@ from typing import Any, Dict
 import numpy as np
 import pytest
 
-from conftest import REPO, read_json, run_predict_sh
+from conftest import REPO, assert_round_trips, read_json, run_predict_sh
 from datagen import make_dataset
 from zeroshot.images import load_image, preprocess
+from zeroshot.manifest import Manifest, TokenizerConfig, load_manifest
 from zeroshot.text import Tokenizer, build_prompts
 
 FIXTURE = REPO / "tests" / "fixtures" / "yttm"
@@ -48,7 +49,7 @@ def test_converted_ids_equal_youtokentome_on_every_reference_string(reference: D
     assert len(strings) >= 300 and russian >= 300 and english >= 100
     cfg = tokenizer_cfg(FIXTURE / "bpe.model", 77)
     assert (cfg["bos_id"], cfg["eos_id"], cfg["pad_id"]) == (2, 3, 0)
-    got, got_mask = Tokenizer(converted, cfg).batch(strings)
+    got, got_mask = Tokenizer(converted, TokenizerConfig(**cfg)).batch(strings)
     expected, mask = ruclip_batch(want, cfg)
     same = [bool((g == e).all()) for g, e in zip(got, expected)]
     assert all(same), [s for s, ok in zip(strings, same) if not ok][:5]
@@ -79,19 +80,19 @@ def test_youtokentome_itself_when_available(reference: Dict[str, Any]) -> None:
     assert encode([s.lower() for s in reference["strings"]]) == reference["ids"]
 
 
-def _torch_predictions(folder: Path, manifest: Dict[str, Any], classes: list, images: list) -> np.ndarray:
+def _torch_predictions(folder: Path, manifest: Manifest, classes: list, images: list) -> np.ndarray:
     """ruclip's own model: argmax of cosine between image and template-averaged text embeddings."""
     import torch
 
     from train.export.ruclip import load_ruclip
 
     src = load_ruclip(folder)
-    templates = manifest["text"]["templates"]
-    prompts = build_prompts(classes, templates, manifest["text"]["normalize"])
+    templates = manifest.text.templates
+    prompts = build_prompts(classes, templates, manifest.text.normalize)
     text = src.reference_text(prompts).reshape(len(templates), len(classes), -1)
     text = (text / np.linalg.norm(text, axis=-1, keepdims=True)).mean(axis=0)
-    cfg = manifest["image"]
-    pixels = np.stack([preprocess(load_image(p, cfg["size"]), cfg, cfg["size"]) for p in images])
+    cfg = manifest.image
+    pixels = np.stack([preprocess(load_image(p, cfg.size), cfg, cfg.size) for p in images])
     with torch.no_grad():
         img = src.image_module(torch.from_numpy(pixels)).numpy()
     img = img / np.linalg.norm(img, axis=1, keepdims=True)
@@ -108,6 +109,7 @@ def test_ruclip_export_predicts_like_torch(tmp_path: Path) -> None:
     truth = make_dataset(tmp_path / "data", "ds", classes, 60)
     assert main(["--from", "ruclip", str(folder), "--out", str(tmp_path / "model"), "--plain", "--variants", "",
                  "--no-plan", "--dev-set", str(tmp_path / "data"), "--images", "12"]) == 0
+    assert_round_trips(tmp_path / "model")
     manifest = read_json(tmp_path / "model" / "manifest.json")
     val = manifest["validation"]
     assert val["runtime"]["token_ids_identical"] == val["runtime"]["strings"] >= 300
@@ -118,7 +120,7 @@ def test_ruclip_export_predicts_like_torch(tmp_path: Path) -> None:
     assert proc.returncode == 0, proc.stderr
     ours = read_json(tmp_path / "out.json")["ds"]
     images = sorted((tmp_path / "data" / "ds" / "img").iterdir())
-    want = _torch_predictions(folder, manifest, classes, images)
+    want = _torch_predictions(folder, load_manifest(tmp_path / "model"), classes, images)
     agree = np.mean([ours[p.name.rsplit(".", 1)[0]] == int(w) for p, w in zip(images, want)])
     assert len(ours) == len(truth) and agree >= 0.98
 

@@ -204,10 +204,10 @@ def test_undecodable_image_gets_the_datasets_most_likely_class(tmp_path: Path) -
     preds = read_json(out)["ds"]
 
     model = Model(model_dir, threads=1)
-    size = model.image_cfg["size"]
+    size = model.image_cfg.size
     pixels = np.stack([preprocess(load_image(p, size), model.image_cfg, size) for p in images])
     probs = softmax(class_logits(model.encode_images(pixels)[0], model.class_vectors(classes),
-                                 model.manifest["score"]), axis=1)
+                                 model.manifest.score), axis=1)
     assert [preds[p.name[:-len(".jpg")]] for p in images] == probs.argmax(axis=1).tolist()
     prior = probs.mean(axis=0)
     assert preds["broken"] == int(prior.argmax()) != 0, prior  # not the first class by accident

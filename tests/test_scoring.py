@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 import numpy as np
 import pytest
 
+from zeroshot.manifest import BalanceConfig, ScoreConfig, TransductiveConfig
 from zeroshot.scoring import class_logits, predict, similarities, sinkhorn, softmax
 
-BALANCE = {"method": "sinkhorn", "iterations": 5}
-TRANS = {"method": "prototypes", "iterations": 3, "weight": 1.0, "scale": 10.0, "center": True}
+BALANCE = BalanceConfig(method="sinkhorn", iterations=5)
+TRANS = TransductiveConfig(iterations=3, weight=1.0, scale=10.0, center=True)
 
 
 def test_softmax_is_safe_for_huge_logits() -> None:
@@ -21,9 +24,9 @@ def test_logits_cosine_and_log_dot() -> None:
     cls = np.array([[1.0, 0.0], [0.0, 2.0]], dtype=np.float32)
     assert similarities(img, cls, "dot") == pytest.approx(np.array([[3.0, 8.0]]))
     assert similarities(img, cls, "cosine") == pytest.approx(np.array([[0.6, 0.8]]), rel=1e-5)
-    cos = class_logits(img, cls, {"similarity": "cosine", "logit": "linear", "scale": 10.0})
+    cos = class_logits(img, cls, ScoreConfig(similarity="cosine", logit="linear", scale=10.0))
     assert cos == pytest.approx(np.array([[6.0, 8.0]]), rel=1e-5)
-    log = class_logits(img, cls, {"similarity": "dot", "logit": "log", "scale": 2.0})
+    log = class_logits(img, cls, ScoreConfig(similarity="dot", logit="log", scale=2.0))
     assert log == pytest.approx(2.0 * np.log(np.array([[3.0, 8.0]])), rel=1e-5)
 
 
@@ -57,7 +60,7 @@ def test_prototypes_use_the_feature_clusters() -> None:
 def test_prototypes_skipped_when_too_few_images_per_class() -> None:
     scores, feats, _ = _clusters()
     valid, mask = np.ones(120, bool), np.ones(3, bool)
-    few = dict(TRANS, min_images_per_class=1000)
+    few = dataclasses.replace(TRANS, min_images_per_class=1000)
     assert (predict(scores, valid, mask, BALANCE, feats, few) == predict(scores, valid, mask, BALANCE)).all()
 
 
@@ -92,7 +95,7 @@ def test_logit_bias_is_added_after_the_scale() -> None:
     """SigLIP: logit = scale * cos + bias."""
     img = np.array([[3.0, 4.0]], dtype=np.float32)
     cls = np.array([[1.0, 0.0], [0.0, 2.0]], dtype=np.float32)
-    out = class_logits(img, cls, {"similarity": "cosine", "logit": "linear", "scale": 10.0, "bias": -12.5})
+    out = class_logits(img, cls, ScoreConfig(similarity="cosine", logit="linear", scale=10.0, bias=-12.5))
     assert out == pytest.approx(np.array([[6.0 - 12.5, 8.0 - 12.5]]), rel=1e-5)
 
 
@@ -111,7 +114,7 @@ def test_em_priors_estimate_the_class_shares_and_beat_equal_balancing() -> None:
     probs, truth, shares = _imbalanced()
     priors = em_priors(probs, 50)
     assert priors == pytest.approx(shares, abs=0.06) and priors.sum() == pytest.approx(1.0)
-    adjusted = balance_probs(probs, {"method": "em", "iterations": 50})
+    adjusted = balance_probs(probs, BalanceConfig(method="em", iterations=50))
     assert adjusted.sum(axis=1) == pytest.approx(np.ones(len(probs)))
     em_acc = (adjusted.argmax(1) == truth).mean()
     assert em_acc > (probs.argmax(1) == truth).mean() + 0.05
@@ -144,10 +147,10 @@ def test_estimated_balance_keeps_an_imbalanced_set_imbalanced() -> None:
     probs, truth, _ = _imbalanced()
     scores = np.log(probs).astype(np.float32)
     valid, mask = np.ones(len(scores), bool), np.ones(3, bool)
-    equal = predict(scores, valid, mask, {"method": "sinkhorn", "iterations": 3})
-    est = predict(scores, valid, mask, {"method": "estimated", "iterations": 3, "rounds": 10, "pseudo_count": 2.0})
+    equal = predict(scores, valid, mask, BalanceConfig(method="sinkhorn", iterations=3))
+    est = predict(scores, valid, mask, BalanceConfig(method="estimated", iterations=3, rounds=10, pseudo_count=2.0))
     assert (est == truth).mean() > (equal == truth).mean() + 0.1
-    once = predict(scores, valid, mask, {"method": "estimated", "iterations": 3, "rounds": 0})
+    once = predict(scores, valid, mask, BalanceConfig(method="estimated", iterations=3, rounds=0))
     assert (once == equal).all()  # no rounds: balancing towards equal shares, as Sinkhorn does
 
 
@@ -155,6 +158,6 @@ def test_predict_with_em_balance_section() -> None:
     probs, truth, _ = _imbalanced()
     scores = np.log(probs).astype(np.float32)
     valid, mask = np.ones(len(scores), bool), np.ones(3, bool)
-    em = predict(scores, valid, mask, {"method": "em", "iterations": 30, "pseudo_count": 1.0})
-    sk = predict(scores, valid, mask, {"method": "sinkhorn", "iterations": 20})
+    em = predict(scores, valid, mask, BalanceConfig(method="em", iterations=30, pseudo_count=1.0))
+    sk = predict(scores, valid, mask, BalanceConfig(method="sinkhorn", iterations=20))
     assert (em == truth).mean() > (sk == truth).mean() + 0.1

@@ -6,6 +6,7 @@ from pathlib import Path
 
 import numpy as np
 
+from zeroshot.manifest import TokenizerConfig
 from zeroshot.text import Tokenizer, build_prompts, normalize_name
 
 ALL = ["strip", "collapse_spaces", "lowercase", "yo", "trailing_punct"]
@@ -27,7 +28,7 @@ def test_prompts_are_template_major() -> None:
 
 
 def test_tokenizer_pads_right_and_masks(tiny_model: Path) -> None:
-    tok = Tokenizer(tiny_model / "tokenizer.model", {"bos_id": 1, "eos_id": 2, "pad_id": 0, "context_length": None})
+    tok = Tokenizer(tiny_model / "tokenizer.model", TokenizerConfig("sentencepiece", bos_id=1, eos_id=2, pad_id=0))
     ids, mask = tok.batch(["кот", "большой рыжий кот"])
     assert ids.shape == mask.shape and ids.dtype == np.int64
     assert ids[0, 0] == 1 and mask[0].sum() < mask[1].sum()
@@ -35,7 +36,8 @@ def test_tokenizer_pads_right_and_masks(tiny_model: Path) -> None:
 
 
 def test_tokenizer_truncates_to_context_length(tiny_model: Path) -> None:
-    tok = Tokenizer(tiny_model / "tokenizer.model", {"bos_id": 1, "eos_id": 2, "pad_id": 0, "context_length": 5})
+    tok = Tokenizer(tiny_model / "tokenizer.model", TokenizerConfig("sentencepiece", bos_id=1, eos_id=2, pad_id=0,
+                                                               context_length=5))
     ids, mask = tok.batch(["очень длинное название класса из многих слов"])
     assert ids.shape == (1, 5) and ids[0, 0] == 1 and ids[0, 4] == 2
 
@@ -46,9 +48,9 @@ def test_prompt_ensemble_is_the_mean_of_normalised_prompt_embeddings(tiny_model:
 
     model = Model(tiny_model)
     names = ["Кот", "пёс", "гаечный ключ"]
-    templates = model.text_cfg["templates"]
-    assert len(templates) > 1 and model.manifest["score"]["similarity"] == "cosine"
-    prompts = build_prompts(names, templates, model.text_cfg["normalize"])
+    templates = model.text_cfg.templates
+    assert len(templates) > 1 and model.manifest.score.similarity == "cosine"
+    prompts = build_prompts(names, templates, model.text_cfg.normalize)
     vecs = model.encode_texts(prompts).reshape(len(templates), len(names), -1)
     norms = np.linalg.norm(vecs, axis=-1, keepdims=True)
     assert not np.allclose(norms[0], norms[1])  # otherwise normalising first would change nothing

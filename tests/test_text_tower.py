@@ -18,7 +18,7 @@ import numpy as np
 import pytest
 import torch
 
-from conftest import read_json, run_predict_sh
+from conftest import assert_round_trips, read_json, run_predict_sh
 from datagen import make_dataset
 from train.image_cache import ImageTower, embed_cached
 from train.pairs import read_class_folders, read_metadata, read_pairs_jsonl
@@ -178,6 +178,7 @@ def test_cli_trains_evaluates_exports_and_predict_sh_runs(tmp_path: Path, contes
     assert main(_args(contest_data, tiny_model, out, "--steps", "6", "--eval", str(datasets),
                       "--checkpoint-every", "4")) == 0
     model = out / "model"
+    assert_round_trips(model)
     manifest = read_json(model / "manifest.json")
     record = manifest["validation"]["text_encoder"]
     assert record["min_cosine"] >= record["threshold"] >= 0.9999 and record["opset"] <= 17 and record["ir_version"] <= 9

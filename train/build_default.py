@@ -16,12 +16,14 @@ Usage: ``python -m train.build_default --out model``.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import shutil
 import sys
 from pathlib import Path
 from typing import Any, Dict, List, Optional
 
+from zeroshot.manifest import to_dict
 from zeroshot.text import normalize_name
 
 from .concepts import load_bank
@@ -103,7 +105,7 @@ def rung_image(rung: Dict[str, Any]) -> Dict[str, Any]:
     from .image_encoder import FEATURES_NAME, image_config
 
     cfg = image_config(rung["backbones"][-1], rung["size"])
-    return {"size": cfg["size"], "fast_size": cfg["fast_size"], "features_output": FEATURES_NAME}
+    return {"size": cfg.size, "fast_size": cfg.fast_size, "features_output": FEATURES_NAME}
 
 
 def build_image_side(out: Path, calibration: Optional[Path]) -> Dict[str, Dict[str, Any]]:
@@ -121,7 +123,7 @@ def build_image_side(out: Path, calibration: Optional[Path]) -> Dict[str, Dict[s
         if "int8_of" in rung:
             if calib:
                 base = next(r for r in RUNGS if r["name"] == rung["int8_of"])
-                cfg = {**image_config(base["backbones"][-1], base["size"]), **rung_image(base)}
+                cfg = dataclasses.replace(image_config(base["backbones"][-1], base["size"]), **rung_image(base))
                 records[rung["name"]] = quantize_image_encoder(out / rung_file(base["name"]), out / rung_file(rung["name"]),
                                                                calib, cfg, check)
             continue
@@ -149,7 +151,7 @@ def build(out: Path, calibration: Optional[Path]) -> Dict[str, Any]:
                        "propagation and prototype refinement on the image encoder's penultimate features; an "
                        "accuracy ladder of encoders",
         "batch_size": 16,
-        "image": {**image_config(base["backbones"][-1], base["size"]), **rung_image(base)},
+        "image": {**to_dict(image_config(base["backbones"][-1], base["size"])), **rung_image(base)},
         "text": text_cfg,
         "score": SCORE,
         "balance": BALANCE,

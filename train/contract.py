@@ -16,7 +16,7 @@ from typing import Any, Dict, Optional, Sequence
 
 import numpy as np
 
-from zeroshot.manifest import TEXT_NORMALIZERS
+from zeroshot.manifest import TEXT_NORMALIZERS, TokenizerConfig, read_section
 from zeroshot.text import Tokenizer
 
 IMAGE_ENCODER_FILE = "image_encoder.onnx"
@@ -71,8 +71,9 @@ def hf_tokenizer_config(pad_id: int, context_length: Optional[int], pad_to_conte
 
 
 def tokenizer(model_file: Path, cfg: Dict[str, Any] = TOKENIZER) -> Tokenizer:
-    """The runtime's Tokenizer for ``model_file``, configured like the manifest's ``text.tokenizer`` (``cfg``)."""
-    return Tokenizer(Path(model_file), cfg)
+    """The runtime's Tokenizer for ``model_file``, configured like the manifest's ``text.tokenizer`` (``cfg``,
+    validated as the manifest validates it)."""
+    return Tokenizer(Path(model_file), read_section(TokenizerConfig, cfg, "text.tokenizer"))
 
 
 def token_feeds(tok: Tokenizer, texts: Sequence[str]) -> Dict[str, np.ndarray]:

@@ -20,12 +20,12 @@ import logging
 import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import Any, Dict, List, Sequence, Tuple
+from typing import Dict, List, Sequence, Tuple
 
 import numpy as np
 
 from zeroshot.encoders import make_session
-from zeroshot.manifest import load_manifest, resolve_file, sha256_file
+from zeroshot.manifest import Manifest, resolve_file, sha256_file
 from zeroshot.pipeline import decode_one
 from zeroshot.resources import effective_cpus
 
@@ -41,30 +41,30 @@ class ImageTower:
 
     def __init__(self, model_dir: Path, threads: int = 0) -> None:
         self.dir = Path(model_dir)
-        self.manifest: Dict[str, Any] = load_manifest(self.dir)
-        self.cfg: Dict[str, Any] = self.manifest["image"]
+        self.manifest = Manifest.load(self.dir)
+        self.cfg = self.manifest.image
         self.path = resolve_file(self.manifest, self.dir, "image_encoder")
-        self.sha256: str = self.manifest["files"]["image_encoder"]["sha256"]
+        self.sha256: str = self.manifest.files["image_encoder"].sha256
         self.threads = threads or effective_cpus().cpus
         self.session = make_session(self.path, self.threads)
         outputs = [o.name for o in self.session.get_outputs()]
-        if self.cfg["output"] not in outputs:
-            raise ValueError(f"{self.path}: no output named {self.cfg['output']!r} (outputs {outputs})")
+        if self.cfg.output not in outputs:
+            raise ValueError(f"{self.path}: no output named {self.cfg.output!r} (outputs {outputs})")
 
     @property
     def key(self) -> str:
         """Cache sub-folder name: the encoder's sha256 prefix and input size."""
-        return f"{self.sha256[:16]}-{self.cfg['size']}"
+        return f"{self.sha256[:16]}-{self.cfg.size}"
 
     def embed(self, paths: Sequence[Path], pool: ThreadPoolExecutor) -> Tuple[np.ndarray, List[str]]:
         """Decode + encode ``paths``: (float32 (n_ok, D) vectors of the decodable ones, per-path error or "")."""
-        size = int(self.cfg["size"])
+        size = int(self.cfg.size)
         decoded = list(pool.map(lambda p: decode_one(Path(p), self.cfg, size), paths))
         errors = [msg or "" for _, msg in decoded]
         pixels = [arr for arr, _ in decoded if arr is not None]
         if not pixels:
             return np.zeros((0, 0), dtype=np.float32), errors
-        out = self.session.run([self.cfg["output"]], {self.cfg["input"]: np.stack(pixels)})[0]
+        out = self.session.run([self.cfg.output], {self.cfg.input: np.stack(pixels)})[0]
         return np.asarray(out, dtype=np.float32).reshape(len(pixels), -1), errors
 
 

@@ -44,6 +44,7 @@ from torch import nn
 
 from zeroshot.encoders import make_session
 from zeroshot.images import load_image, preprocess
+from zeroshot.manifest import ImageConfig
 
 from .onnx_compat import OPSET, finalize_onnx
 from zeroshot.command import make_parser, parse_args
@@ -170,13 +171,12 @@ class RungHead(nn.Module):
         return torch.stack(probs).mean(dim=0), torch.cat(feats, dim=-1)
 
 
-def image_config(backbone: str, size: Optional[int] = None) -> Dict[str, Any]:
+def image_config(backbone: str, size: Optional[int] = None) -> ImageConfig:
     """The manifest's ``image`` section for ``backbone`` exported at ``size`` (default native)."""
     _check_backbone(backbone)
     size = int(size or native_size(backbone))
-    return {"input": INPUT_NAME, "output": OUTPUT_NAME, "size": size,
-            "fast_size": min(FAST_SIZE[backbone], size), "resize": "center_crop",
-            "interpolation": "bilinear", "mean": TF_LITE_MEAN, "std": TF_LITE_STD}
+    return ImageConfig(input=INPUT_NAME, output=OUTPUT_NAME, size=size, fast_size=min(FAST_SIZE[backbone], size),
+                       resize="center_crop", interpolation="bilinear", mean=list(TF_LITE_MEAN), std=list(TF_LITE_STD))
 
 
 def list_images(folder: Path, limit: Optional[int] = None) -> List[Path]:
@@ -204,12 +204,12 @@ def split_images(paths: Sequence[Path], calibration: int = CALIBRATION_IMAGES,
     return chosen, rest or chosen
 
 
-def pixel_batch(paths: Sequence[Path], cfg: Dict[str, Any], size: int) -> np.ndarray:
+def pixel_batch(paths: Sequence[Path], cfg: ImageConfig, size: int) -> np.ndarray:
     """Images -> float32 (N, 3, size, size) through the runtime's preprocessing."""
     return np.stack([preprocess(load_image(Path(p), size), cfg, size) for p in paths])
 
 
-def synthetic_batch(n: int, size: int, cfg: Dict[str, Any], seed: int = 0) -> np.ndarray:
+def synthetic_batch(n: int, size: int, cfg: ImageConfig, seed: int = 0) -> np.ndarray:
     """Deterministic smooth random images -> float32 (n, 3, size, size), for checks without files."""
     from PIL import Image
 
@@ -244,7 +244,7 @@ def run_encoder(session: Any, pixels: np.ndarray, batch: int = 16) -> np.ndarray
     return np.concatenate(rows).astype(np.float32)
 
 
-def _check_pixels(check_images: Sequence[Path], cfg: Dict[str, Any], size: int) -> np.ndarray:
+def _check_pixels(check_images: Sequence[Path], cfg: ImageConfig, size: int) -> np.ndarray:
     if check_images:
         return pixel_batch(check_images, cfg, size)
     logger.warning("no check images given: validating on %d synthetic images", PARITY_IMAGES)
@@ -299,7 +299,7 @@ def export_image_encoder(backbone: str, out_path: Path, temperature: float = 1.0
     padding of ``size``. Validation: see :func:`export_validated`.
     """
     cfg = image_config(backbone, size)
-    model = ProbabilityHead(load_efficientnet_lite(backbone, image_size=cfg["size"]), temperature).eval()
+    model = ProbabilityHead(load_efficientnet_lite(backbone, image_size=cfg.size), temperature).eval()
     record = export_validated(model, out_path, cfg, (OUTPUT_NAME,), check_images)
     # key "variant" kept: renaming it would change the built manifest
     record.update({"variant": backbone, "temperature": float(temperature)})
@@ -322,16 +322,16 @@ def export_rung(backbones: Sequence[str], out_path: Path, size: int, mirror: boo
     return record
 
 
-def export_validated(model: nn.Module, out_path: Path, cfg: Dict[str, Any], outputs: Sequence[str],
+def export_validated(model: nn.Module, out_path: Path, cfg: ImageConfig, outputs: Sequence[str],
                      check_images: Sequence[Path] = ()) -> Dict[str, Any]:
     """Export ``model`` to ONNX with ``outputs`` and validate it; returns the validation record.
 
     Validation (raises ValueError on failure): onnx.checker, opset <= 17, IR
     <= 9, names, and max |torch - onnxruntime| and max |row sum - 1| <=
-    PARITY_TOLERANCE at ``cfg["size"]`` and at cfg["fast_size"] on
+    PARITY_TOLERANCE at ``cfg.size`` and at ``cfg.fast_size`` on
     ``check_images`` (preprocessed by zeroshot.images; synthetic if none).
     """
-    size = int(cfg["size"])
+    size = int(cfg.size)
     out_path = Path(out_path)
     out_path.parent.mkdir(parents=True, exist_ok=True)
     _torch_export(model, out_path, size, outputs)
@@ -342,7 +342,7 @@ def export_validated(model: nn.Module, out_path: Path, cfg: Dict[str, Any], outp
                               "check_images": len(check_images) or PARITY_IMAGES,
                               "check_source": "files" if check_images else "synthetic",
                               "max_abs_diff": {}, "max_row_sum_error": 0.0}
-    for side in sorted({size, cfg["fast_size"]}, reverse=True):
+    for side in sorted({size, cfg.fast_size}, reverse=True):
         diff, row_err = _parity(model, out_path, _check_pixels(check_images, cfg, side), outputs)
         record["max_abs_diff"][str(side)] = diff
         record["max_row_sum_error"] = max(record["max_row_sum_error"], row_err)
@@ -356,7 +356,7 @@ def export_validated(model: nn.Module, out_path: Path, cfg: Dict[str, Any], outp
 class ImageCalibrationReader(CalibrationDataReader):
     """onnxruntime CalibrationDataReader: one preprocessed image (1, 3, S, S) per get_next()."""
 
-    def __init__(self, paths: Sequence[Path], cfg: Dict[str, Any], size: int) -> None:
+    def __init__(self, paths: Sequence[Path], cfg: ImageConfig, size: int) -> None:
         self.paths, self.cfg, self.size = list(paths), cfg, size
         self._iter: Iterator[Path] = iter(self.paths)
 
@@ -389,7 +389,7 @@ def _float_nodes(path: Path) -> List[str]:
 
 
 def quantize_image_encoder(fp32_path: Path, out_path: Path, calibration_images: Sequence[Path],
-                           cfg: Dict[str, Any], check_images: Sequence[Path] = (),
+                           cfg: ImageConfig, check_images: Sequence[Path] = (),
                            min_agreement: float = MIN_INT8_TOP1_AGREEMENT) -> Dict[str, Any]:
     """Static int8 QDQ quantization of the fp32 encoder, validated against it; returns the record.
 
@@ -405,7 +405,7 @@ def quantize_image_encoder(fp32_path: Path, out_path: Path, calibration_images: 
         raise ValueError("quantize_image_encoder needs calibration images")
     fp32_path, out_path = Path(fp32_path), Path(out_path)
     out_path.parent.mkdir(parents=True, exist_ok=True)
-    size = int(cfg["size"])
+    size = int(cfg.size)
     prepared = out_path.with_name(out_path.stem + ".prep.onnx")
     quant_pre_process(str(fp32_path), str(prepared))
     try:

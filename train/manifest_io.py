@@ -1,18 +1,18 @@
 """Writing ``manifest.json`` beside the exported files: the one place constants are set.
 
-Every exporter ends with :func:`write_manifest`, which fills in the sha256 of
-each file, validates the result with the runtime's own validator, and writes
-it deterministically (sorted keys, fixed indentation).
+Every builder and exporter ends with :func:`write_manifest`, which fills in the
+sha256 of each file, reads the result through the runtime's own type
+(:class:`zeroshot.manifest.Manifest`: unknown keys and bad values are errors,
+defaults filled in) and writes that type's deterministic JSON.
 """
 
 from __future__ import annotations
 
-import json
 import logging
 from pathlib import Path
 from typing import Any, Dict, Optional
 
-from zeroshot.manifest import FORMAT_VERSION, MANIFEST_NAME, sha256_file, validate_manifest
+from zeroshot.manifest import FORMAT_VERSION, MANIFEST_NAME, Manifest, sha256_file
 
 logger = logging.getLogger(__name__)
 
@@ -23,7 +23,7 @@ def _file_entries(model_dir: Path, files: Dict[str, str]) -> Dict[str, Dict[str,
 
 def write_manifest(model_dir: Path, files: Dict[str, str], sections: Dict[str, Any],
                    variants: Optional[Dict[str, Dict[str, str]]] = None,
-                   variant_extras: Optional[Dict[str, Dict[str, Any]]] = None) -> Dict[str, Any]:
+                   variant_extras: Optional[Dict[str, Dict[str, Any]]] = None) -> Manifest:
     """Write model_dir/manifest.json and return it.
 
     files: role ("image_encoder", "text_encoder", "tokenizer") -> file name
@@ -42,7 +42,7 @@ def write_manifest(model_dir: Path, files: Dict[str, str], sections: Dict[str, A
         manifest["variants"] = {name: {**extras.get(name, {}), "files": _file_entries(model_dir, vf)}
                                 for name, vf in sorted(variants.items())}
     path = model_dir / MANIFEST_NAME
-    validate_manifest(manifest, path)
-    path.write_text(json.dumps(manifest, ensure_ascii=False, indent=2, sort_keys=True) + "\n", encoding="utf-8")
+    typed = Manifest.from_dict(manifest, path)
+    path.write_text(typed.to_json(), encoding="utf-8")
     logger.info("wrote %s", path)
-    return manifest
+    return typed

@@ -65,7 +65,7 @@ def prepare(args: Any) -> Optional[Run]:
     out.mkdir(parents=True, exist_ok=True)
     image_tower = ImageTower(args.image_model)
     m = image_tower.manifest
-    pairs = read_input(args, m["text"]["templates"], m["text"].get("normalize", []))
+    pairs = read_input(args, m.text.templates, m.text.normalize)
     cache = Path(args.cache) if args.cache else out / "cache"
     vectors, image_rows = embed_cached(image_tower, pairs.images, cache)
     eval_set = load_eval_set(args.eval, args.eval_gt, image_tower, cache) if args.eval else None
@@ -80,7 +80,7 @@ def prepare(args: Any) -> Optional[Run]:
     torch.manual_seed(cfg.seed)
     encoder = build_encoder(cfg.text_model, tok_path)
     freeze_lower(encoder, cfg.freeze_layers)
-    tower = TextTower(encoder, vectors.shape[1], output_kind(m["score"]), cfg.init_scale)
+    tower = TextTower(encoder, vectors.shape[1], output_kind(m.score), cfg.init_scale)
     data = TrainData(pairs.texts, rows, train_idx, val_idx, vectors)
     return Run(cfg, out, Path(args.image_model), m, tok_path, runtime_tokenizer(tok_path), tower, data,
                eval_set)

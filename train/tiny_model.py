@@ -21,6 +21,8 @@ import numpy as np
 import onnx
 from onnx import TensorProto, helper, numpy_helper
 
+from zeroshot.manifest import Manifest
+
 from .contract import (ATTENTION_MASK, IMAGE_ENCODER_FILE, INPUT_IDS, SENTENCEPIECE_IDS, TEXT_ENCODER_FILE,
                        TOKENIZER_FILE, model_files, text_config)
 from .manifest_io import write_manifest
@@ -117,7 +119,7 @@ LADDER = {"small": {"image": {"size": 16, "fast_size": 16}}, "large": {"image": 
 
 
 def build_tiny_model(out_dir: Path, seed: int = 0, overrides: Optional[Dict[str, Any]] = None,
-                     ladder: bool = False) -> Dict[str, Any]:
+                     ladder: bool = False) -> Manifest:
     """Write a complete tiny model folder and return its manifest.
 
     ``overrides`` replaces top-level manifest sections (e.g. {"balance": None});

@@ -3,6 +3,7 @@ scores."""
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 from typing import Dict, Sequence
 
@@ -30,7 +31,7 @@ def recall_at(run: Run, ks: Sequence[int] = RECALL_AT) -> Dict[str, float]:
     text = encode_texts(run.tower, run.tokenizer, [run.data.texts[i] for i in val], device)
     rows, column = np.unique(run.data.rows[val], return_inverse=True)
     images = torch.from_numpy(np.asarray(run.data.vectors[rows], dtype=np.float32)).to(device)
-    sims = similarity(text, images, run.manifest["score"]).cpu().numpy()
+    sims = similarity(text, images, run.manifest.score).cpu().numpy()
     own = sims[np.arange(len(val)), column][:, None]
     rank = (sims > own).sum(axis=1)
     return {f"recall@{k}": float((rank < k).mean()) for k in ks}
@@ -48,17 +49,17 @@ def zero_shot(run: Run) -> Dict[str, float]:
         return {}
     m = run.manifest
     device = next(run.tower.parameters()).device
-    templates, steps = m["text"]["templates"], m["text"].get("normalize", [])
+    templates, steps = m.text.templates, m.text.normalize
     out: Dict[str, float] = {}
     for name, classes, vecs, valid, truth in zip(es.names, es.classes, es.vectors, es.valid, es.truth):
         prompts = build_prompts(classes, templates, steps)
         text = encode_texts(run.tower, run.tokenizer, prompts, device).cpu().numpy()
         text = text.reshape(len(templates), len(classes), -1)
-        if m["score"]["similarity"] == "cosine":
+        if m.score.similarity == "cosine":
             text = text / np.maximum(np.linalg.norm(text, axis=-1, keepdims=True), 1e-12)
-        score_cfg = dict(m["score"], scale=run.tower.scale().detach().item())
+        score_cfg = dataclasses.replace(m.score, scale=run.tower.scale().detach().item())
         scores = class_logits(vecs, text.mean(axis=0), score_cfg)
-        pred = predict(scores, valid, class_mask(classes), m.get("balance"), vecs, m.get("transductive"))
+        pred = predict(scores, valid, class_mask(classes), m.balance, vecs, m.transductive)
         out[f"zero_shot/{name}"] = 100.0 * float((pred == truth).mean())
     out["zero_shot"] = float(np.mean([out[f"zero_shot/{n}"] for n in es.names]))
     return out

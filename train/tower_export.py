@@ -11,6 +11,7 @@ from typing import Any, Dict, Optional, Sequence, Tuple
 import torch
 from torch import nn
 
+from zeroshot.manifest import to_dict
 from zeroshot.text import Tokenizer
 
 from .contract import TEXT_ENCODER_FILE, TOKENIZER_FILE, text_config
@@ -49,11 +50,11 @@ def export_text_tower(tower: TextTower, path: Path, tokenizer: Tokenizer, check_
 def _copy_image_files(run: Run, model: Path) -> Tuple[Dict[str, str], Dict[str, Dict[str, str]]]:
     """Copy the image model's image encoder (and image-only variants) into ``model``; (files, variants)."""
     src = run.manifest
-    names = {"image_encoder": src["files"]["image_encoder"]["path"]}
+    names = {"image_encoder": src.files["image_encoder"].path}
     variants: Dict[str, Dict[str, str]] = {}
-    for vname, variant in src.get("variants", {}).items():
-        if set(variant["files"]) == {"image_encoder"}:
-            variants[vname] = {"image_encoder": variant["files"]["image_encoder"]["path"]}
+    for vname, variant in src.variants.items():
+        if set(variant.files) == {"image_encoder"}:
+            variants[vname] = {"image_encoder": variant.files["image_encoder"].path}
     for rel in {names["image_encoder"], *(v["image_encoder"] for v in variants.values())}:
         (model / rel).parent.mkdir(parents=True, exist_ok=True)
         shutil.copyfile(run.image_model / rel, model / rel)
@@ -69,26 +70,26 @@ def export_model(run: Run, train_summary: Dict[str, Any], scale: Optional[float]
     model.mkdir(parents=True, exist_ok=True)
     m = run.manifest
     record = export_text_tower(run.tower, model / TEXT_ENCODER_FILE, run.tokenizer,
-                               CHECK_TEXTS + [t.replace("{}", "кот") for t in m["text"]["templates"]])
+                               CHECK_TEXTS + [t.replace("{}", "кот") for t in m.text.templates])
     shutil.copyfile(run.tokenizer_path, model / TOKENIZER_FILE)
     files, variants = _copy_image_files(run, model)
     files.update({"text_encoder": TEXT_ENCODER_FILE, "tokenizer": TOKENIZER_FILE})
     scale = round(run.tower.scale().detach().item(), 4) if scale is None else scale
     sections: Dict[str, Any] = {
-        "name": f"text-tower-{run.cfg.text_model}+{m.get('name', run.image_model.name)}",
+        "name": f"text-tower-{run.cfg.text_model}+{m.name}",
         "description": f"{run.cfg.text_model} text tower trained contrastively (train.text_tower) against the frozen "
-                       f"image encoder of {m.get('name', run.image_model.name)}",
-        "batch_size": int(m.get("batch_size", 16)),
-        "image": dict(m["image"]),
-        "text": text_config(OUTPUT_NAME, m["text"]["templates"], m["text"].get("normalize", [])),
-        "score": {"similarity": m["score"]["similarity"], "logit": m["score"]["logit"], "scale": scale},
-        "validation": {"text_encoder": record, "image_encoder": m.get("validation", {}).get("image_encoder")},
+                       f"image encoder of {m.name}",
+        "batch_size": m.batch_size,
+        "image": to_dict(m.image),
+        "text": text_config(OUTPUT_NAME, m.text.templates, m.text.normalize),
+        "score": {"similarity": m.score.similarity, "logit": m.score.logit, "scale": scale},
+        "validation": {"text_encoder": record, "image_encoder": m.validation.get("image_encoder")},
         "training": {"config": asdict(run.cfg), "pairs": len(run.data.texts), "train_pairs": len(run.data.train),
                      "held_out_pairs": len(run.data.val), "history": run.history,
                      **{k: v for k, v in train_summary.items() if k != "losses"}},
     }
     for key in ("balance", "transductive"):
-        if m.get(key) is not None:
-            sections[key] = m[key]
+        if getattr(m, key) is not None:
+            sections[key] = to_dict(getattr(m, key))
     write_manifest(model, files, sections, variants or None)
     return model

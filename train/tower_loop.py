@@ -215,7 +215,7 @@ def _step(run: Run, idx: np.ndarray, feats: Optional[torch.Tensor], device: torc
             text = run.tower.project(feats[torch.from_numpy(idx).to(device)])
         else:
             text = run.tower(*tokens(run.tokenizer, [run.data.texts[i] for i in idx], device))
-    loss = info_nce(similarity(text.float(), images, run.manifest["score"]), column, run.tower.scale())
+    loss = info_nce(similarity(text.float(), images, run.manifest.score), column, run.tower.scale())
     opt.zero_grad(set_to_none=True)
     if scaler is not None:
         scaler.scale(loss).backward()

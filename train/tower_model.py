@@ -23,11 +23,13 @@ from __future__ import annotations
 
 import math
 from pathlib import Path
-from typing import Any, Dict, List, Sequence, Tuple
+from typing import List, Sequence, Tuple
 
 import torch
 import torch.nn.functional as F
 from torch import nn
+
+from zeroshot.manifest import ScoreConfig
 
 TEXT_MODELS = ("use-m", "tiny")
 TINY_DIM = 64
@@ -109,11 +111,11 @@ def freeze_lower(encoder: nn.Module, layers: int) -> int:
     return count
 
 
-def output_kind(score: Dict[str, Any]) -> str:
+def output_kind(score: ScoreConfig) -> str:
     """The projection's output for the image model's score section: 'unit', 'linear' or 'distribution'."""
-    if score["similarity"] == "cosine":
+    if score.similarity == "cosine":
         return "unit"
-    return "distribution" if score["logit"] == "log" else "linear"
+    return "distribution" if score.logit == "log" else "linear"
 
 
 class TextTower(nn.Module):
@@ -147,12 +149,12 @@ class TextTower(nn.Module):
         return self.logit_scale.exp().clamp(max=MAX_SCALE)
 
 
-def similarity(text: torch.Tensor, image: torch.Tensor, score: Dict[str, Any]) -> torch.Tensor:
+def similarity(text: torch.Tensor, image: torch.Tensor, score: ScoreConfig) -> torch.Tensor:
     """float32 (B, D) x (M, D) -> (B, M), formed as the runtime's zeroshot.scoring.logits with scale 1."""
-    if score["similarity"] == "cosine":
+    if score.similarity == "cosine":
         text, image = F.normalize(text, dim=-1), F.normalize(image, dim=-1)
     sims = text @ image.T
-    if score["logit"] == "log":
+    if score.logit == "log":
         sims = torch.log(sims.clamp(min=_EPS))
     return sims
 

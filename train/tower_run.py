@@ -10,6 +10,7 @@ from typing import Any, Dict, List, Optional, Sequence, Tuple
 import numpy as np
 import torch
 
+from zeroshot.manifest import Manifest
 from zeroshot.text import Tokenizer
 
 from .tower_model import TextTower
@@ -70,7 +71,7 @@ class Run:
     cfg: TrainConfig
     out: Path
     image_model: Path
-    manifest: Dict[str, Any]       # the image model's manifest
+    manifest: Manifest             # the image model's manifest
     tokenizer_path: Path
     tokenizer: Tokenizer
     tower: TextTower

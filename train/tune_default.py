@@ -38,6 +38,7 @@ from zeroshot.command import make_parser, parse_args
 from zeroshot.datasets import Dataset, discover
 from zeroshot.images import load_image, preprocess
 from zeroshot.limits import DEV_GT, DEVSETS_DIR
+from zeroshot.manifest import BalanceConfig, ScoreConfig, TransductiveConfig, read_section
 from zeroshot.scoring import class_logits, predict
 from zeroshot.text import normalize_name
 
@@ -236,9 +237,9 @@ def score_dataset(s: Dict[str, Any], w: np.ndarray, probs: np.ndarray, feats: np
     """Accuracy x 100 of the runtime's scoring (class logits, balance, transductive step) on one image set."""
     from .build_default import SCORE
 
-    logits = class_logits(probs, w, SCORE)
-    pred = predict(logits, np.ones(len(logits), bool), class_mask, s["balance"], feats.astype(np.float32),
-                   s["transductive"])
+    logits = class_logits(probs, w, read_section(ScoreConfig, SCORE, "score"))
+    pred = predict(logits, np.ones(len(logits), bool), class_mask, read_section(BalanceConfig, s["balance"], "balance"),
+                   feats.astype(np.float32), read_section(TransductiveConfig, s["transductive"], "transductive"))
     return 100.0 * float((pred == truth).mean())
 
 

@@ -36,7 +36,7 @@ from torch import nn
 
 from zeroshot.command import make_parser, parse_args
 from zeroshot.limits import MODEL_DIR
-from zeroshot.manifest import load_manifest
+from zeroshot.manifest import Manifest
 from zeroshot.text import normalize_name
 
 from .concepts import ConceptBank, inflections, load_bank
@@ -134,10 +134,10 @@ def vocab_run(bank: ConceptBank, image_model: Path, out: Path, cfg: TrainConfig)
     The image model's manifest must score ``dot``/``log`` over probabilities with
     as many dimensions as the bank's distributions (the default model: 1000).
     """
-    manifest = load_manifest(image_model)
-    if (manifest["score"]["similarity"], manifest["score"]["logit"]) != ("dot", "log"):
+    manifest = Manifest.load(image_model)
+    if (manifest.score.similarity, manifest.score.logit) != ("dot", "log"):
         raise ValueError(f"{image_model}: the vocabulary head needs a probability image encoder (score dot/log), "
-                         f"got {manifest['score']}")
+                         f"got {manifest.score}")
     torch.manual_seed(cfg.seed)
     encoder = UseMEncoder()
     freeze_lower(encoder, cfg.freeze_layers)
@@ -189,7 +189,7 @@ def main(argv: Optional[List[str]] = None) -> int:
     cfg = dataclasses.replace(HEAD, epochs=args.epochs)
     run = vocab_run(vocab_bank(args.hold_out), args.image_model, args.out, cfg)
     summary = train(run)
-    export_model(run, summary, scale=float(run.manifest["score"]["scale"]))
+    export_model(run, summary, scale=run.manifest.score.scale)
     return 0
 
 

@@ -113,7 +113,7 @@ def check(model_dir: Path, variant: Optional[str]) -> int:
     logger.info("python %s; %s", sys.version.split()[0],
                 ", ".join(f"{k} {v}" for k, v in package_versions().items()))
     logger.info("model %s (%s): loads, all files match their sha256; %d CPUs (%s: %s)", model_dir,
-                model.manifest.get("name", "unnamed"), limit.cpus, limit.source, limit.detail)
+                model.manifest.name, limit.cpus, limit.source, limit.detail)
     return 0
 
 
@@ -203,15 +203,15 @@ def predict_all(args: argparse.Namespace, datasets: List[Dataset], problems: Lis
         logger.error("%s", exc)
         return 2
     total = sum(len(ds.images) for ds in datasets)
-    prompts = sum(len(ds.classes) for ds in datasets if ds.images) * len(model.text_cfg["templates"])
+    prompts = sum(len(ds.classes) for ds in datasets if ds.images) * len(model.text_cfg.templates)
     cfg = model.image_cfg
-    fast_ratio = (cfg["fast_size"] / cfg["size"]) ** 2 if cfg.get("fast_size") else None
+    fast_ratio = (cfg.fast_size / cfg.size) ** 2 if cfg.fast_size else None
     budget = Budget(args.time_budget - (time.monotonic() - started), total, fast_ratio,
                     total_prompts=prompts, total_datasets=len(datasets))
     workers = decode_workers(args.decode, limit.cpus)
     decode = "inline" if workers == 0 else f"{workers} threads"
     report = RunReport(args.report, {"threads": limit.cpus, "cpu_source": limit.source, "cpu_detail": limit.detail,
-                                     "decode": decode, "model": {"name": model.manifest.get("name"),
+                                     "decode": decode, "model": {"name": model.manifest.name,
                                                                  "dir": str(args.model), "variant": model.variant}})
     logger.info("%d datasets, %d images, model %s, %d threads (%s: %s), decoding %s, budget %.0f s",
                 len(datasets), total, args.model, limit.cpus, limit.source, limit.detail, decode, args.time_budget)

@@ -64,7 +64,7 @@ def embed_images(model: Model, paths: Sequence[Path], batch_size: Optional[int] 
     Decoding runs in a thread pool (one thread per CPU the model uses).
     """
     batch = batch_size or model.batch_size
-    cfg, size = model.image_cfg, int(model.image_cfg["size"])
+    cfg, size = model.image_cfg, model.image_cfg.size
     valid = np.zeros(len(paths), dtype=bool)
     vec_rows: List[np.ndarray] = []
     feat_rows: List[np.ndarray] = []
@@ -119,7 +119,7 @@ def similarity(model: Model, image_vecs: np.ndarray, text_vecs: np.ndarray) -> n
     """float32 (N, D) x (M, D) -> (N, M) scores as the manifest's score section says."""
     if len(image_vecs) == 0 or len(text_vecs) == 0:
         return np.zeros((len(image_vecs), len(text_vecs)), dtype=np.float32)
-    return class_logits(image_vecs, text_vecs, model.manifest["score"])
+    return class_logits(image_vecs, text_vecs, model.manifest.score)
 
 
 def read_pairs(path: Path) -> Tuple[List[Tuple[str, str]], List[str]]:

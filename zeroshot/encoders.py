@@ -13,12 +13,12 @@ from __future__ import annotations
 
 import logging
 from pathlib import Path
-from typing import Any, Dict, List, Optional, Sequence, Tuple
+from typing import Any, List, Optional, Sequence, Tuple
 
 import numpy as np
 
 from .linear import load_head
-from .manifest import load_manifest, resolve_file, variant_image_config
+from .manifest import ImageConfig, Manifest, TextConfig, resolve_file
 from .resources import effective_cpus
 from .text import build_prompts, load_tokenizer
 
@@ -75,28 +75,28 @@ class Model:
         :func:`make_session`; ``variant``: a name from the manifest's ``variants`` (e.g. "int8")
         whose files replace the defaults."""
         self.dir = Path(model_dir)
-        self.manifest: Dict[str, Any] = load_manifest(self.dir)
+        self.manifest = Manifest.load(self.dir)
         self.threads = threads or effective_cpus().cpus
         self.variant = variant
         img_path = resolve_file(self.manifest, self.dir, "image_encoder", verify, variant)
         txt_path = resolve_file(self.manifest, self.dir, "text_encoder", verify, variant)
-        self.image_cfg: Dict[str, Any] = variant_image_config(self.manifest, variant)
-        self.text_cfg: Dict[str, Any] = self.manifest["text"]
+        self.image_cfg: ImageConfig = self.manifest.image_for(variant)
+        self.text_cfg: TextConfig = self.manifest.text
         self.tokenizer = load_tokenizer(self.manifest, self.dir, verify, variant)
         self._image = make_session(img_path, self.threads, spinning)
-        self._image_outputs = [self.image_cfg["output"]] + ([self.image_cfg["features_output"]]
-                                                           if self.image_cfg.get("features_output") else [])
+        self._image_outputs = [self.image_cfg.output] + ([self.image_cfg.features_output]
+                                                         if self.image_cfg.features_output else [])
         for name in self._image_outputs:
-            _check_io(self._image, img_path, [self.image_cfg["input"]], name)
+            _check_io(self._image, img_path, [self.image_cfg.input], name)
         self._text = make_session(txt_path, self.threads, spinning)
-        text_inputs = [self.text_cfg["input_ids"]] + ([self.text_cfg["attention_mask"]]
-                                                     if self.text_cfg.get("attention_mask") else [])
-        _check_io(self._text, txt_path, text_inputs, self.text_cfg["output"])
+        text_inputs = [self.text_cfg.input_ids] + ([self.text_cfg.attention_mask]
+                                                   if self.text_cfg.attention_mask else [])
+        _check_io(self._text, txt_path, text_inputs, self.text_cfg.output)
         self.head = load_head(self.dir, self.manifest, verify)
 
     @property
     def batch_size(self) -> int:
-        return int(self.manifest.get("batch_size", 16))
+        return self.manifest.batch_size
 
     def encode_images(self, pixels: np.ndarray) -> Tuple[np.ndarray, np.ndarray]:
         """float32 (B, 3, S, S) preprocessed images -> (vectors (B, D), features (B, F)), float32.
@@ -105,7 +105,7 @@ class Model:
         transductive step (the manifest's image.features_output, else the vectors).
         """
         cfg = self.image_cfg
-        outs = self._image.run(self._image_outputs, {cfg["input"]: pixels.astype(np.float32, copy=False)})
+        outs = self._image.run(self._image_outputs, {cfg.input: pixels.astype(np.float32, copy=False)})
         arrays = [np.asarray(o, dtype=np.float32).reshape(len(pixels), -1) for o in outs]
         return arrays[0], arrays[-1]
 
@@ -129,10 +129,10 @@ class Model:
         chunks: List[np.ndarray] = []
         for start in range(0, len(texts), batch):
             ids, mask = self.token_batch(texts[start:start + batch])
-            feeds = {cfg["input_ids"]: ids}
-            if cfg.get("attention_mask"):
-                feeds[cfg["attention_mask"]] = mask
-            out = self._text.run([cfg["output"]], feeds)[0]
+            feeds = {cfg.input_ids: ids}
+            if cfg.attention_mask:
+                feeds[cfg.attention_mask] = mask
+            out = self._text.run([cfg.output], feeds)[0]
             chunks.append(np.asarray(out, dtype=np.float32).reshape(len(ids), -1))
         return np.concatenate(chunks, axis=0)
 
@@ -142,9 +142,9 @@ class Model:
         With cosine similarity each prompt vector is L2-normalised before the
         mean (the CLIP recipe); the mean is normalised again when scoring.
         """
-        templates = self.text_cfg["templates"]
-        prompts = build_prompts(names, templates, self.text_cfg.get("normalize", []))
+        templates = self.text_cfg.templates
+        prompts = build_prompts(names, templates, self.text_cfg.normalize)
         vecs = self.encode_texts(prompts).reshape(len(templates), len(names), -1)
-        if self.manifest["score"]["similarity"] == "cosine":
+        if self.manifest.score.similarity == "cosine":
             vecs = vecs / np.maximum(np.linalg.norm(vecs, axis=-1, keepdims=True), 1e-12)
         return vecs.mean(axis=0)

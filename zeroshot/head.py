@@ -21,6 +21,7 @@ also seen without it, so the head works on images alone (as in predict.sh).
 from __future__ import annotations
 
 import csv
+import dataclasses
 import json
 import logging
 import os
@@ -37,8 +38,8 @@ from .command import make_parser, parse_args
 from .embed import Progress, embed_images, embed_texts, similarity, walk_images
 from .encoders import Model
 from .linear import HEAD_KEY, Head, fit_logistic, head_config, head_features
-from .manifest import MANIFEST_NAME, sha256_file, validate_manifest
-from .outputs import atomic_open, write_json_atomic
+from .manifest import MANIFEST_NAME, FileRef, HeadConfig, Manifest, sha256_file
+from .outputs import atomic_open
 
 logger = logging.getLogger(__name__)
 
@@ -162,14 +163,12 @@ def save_head(head: Head, path: Path) -> None:
                  classes=np.array(head.classes, dtype=str), meta=np.array(json.dumps(meta)))
 
 
-def _place_model(base: Path, out: Path, manifest: Dict[str, Any]) -> None:
+def _place_model(base: Path, out: Path, manifest: Manifest) -> None:
     """Give ``out`` the base model's files (hard links, else copies) unless it is the base folder."""
     if out.resolve() == base.resolve():
         return
     out.mkdir(parents=True, exist_ok=True)
-    entries = list(manifest["files"].values()) + [e for v in manifest.get("variants", {}).values()
-                                                  for e in v["files"].values()]
-    for name in sorted({e["path"] for e in entries}):
+    for name in sorted(manifest.all_files()):
         src, dst = base / name, out / name
         if dst.exists():
             dst.unlink()
@@ -182,16 +181,16 @@ def _place_model(base: Path, out: Path, manifest: Dict[str, Any]) -> None:
 
 def write_head(model: Model, head: Head, out: Path, info: Dict[str, Any]) -> Path:
     """Write ``out/head.npz`` and ``out/manifest.json`` (the base manifest + files.head + head); returns the manifest path."""
-    manifest = dict(model.manifest)
-    manifest.pop(HEAD_KEY, None)
-    manifest["files"] = {k: v for k, v in manifest["files"].items() if k != HEAD_KEY}
-    _place_model(model.dir, out, manifest)
+    files = {k: v for k, v in model.manifest.files.items() if k != HEAD_KEY}
+    _place_model(model.dir, out, dataclasses.replace(model.manifest, files=files, head=None))
     save_head(head, out / HEAD_FILE)
-    manifest["files"][HEAD_KEY] = {"path": HEAD_FILE, "sha256": sha256_file(out / HEAD_FILE)}
-    manifest[HEAD_KEY] = dict(info, classes=head.classes, zero_shot=head.zero_shot, text=bool(head.text_dim))
+    files[HEAD_KEY] = FileRef(HEAD_FILE, sha256_file(out / HEAD_FILE))
+    section = HeadConfig(classes=list(head.classes), zero_shot=head.zero_shot, text=bool(head.text_dim),
+                         training=dict(info))
     path = out / MANIFEST_NAME
-    validate_manifest(manifest, path)
-    write_json_atomic(path, manifest)
+    manifest = Manifest.from_dict(dataclasses.replace(model.manifest, files=files, head=section).to_dict(), path)
+    with atomic_open(path, "w") as handle:
+        handle.write(manifest.to_json())
     return path
 
 

@@ -14,10 +14,12 @@ import logging
 import warnings
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, Dict, Iterator, Optional, Tuple
+from typing import Iterator, Optional, Tuple
 
 import numpy as np
 from PIL import Image, ImageOps
+
+from .manifest import ImageConfig
 
 logger = logging.getLogger(__name__)
 
@@ -141,17 +143,17 @@ def crop_box(width: int, height: int, resize: str, size: Optional[int] = None) -
     return (left, top, left + side, top + side)
 
 
-def preprocess(img: Image.Image, cfg: Dict[str, Any], size: int) -> np.ndarray:
+def preprocess(img: Image.Image, cfg: ImageConfig, size: int) -> np.ndarray:
     """RGB image -> float32 array of shape (3, size, size).
 
     ``cfg`` is the manifest's ``image`` section (resize, interpolation, mean,
     std in 0..1 units); ``size`` is the side length (image.size, or
     image.fast_size on the cheap path). Resize and crop are one PIL resize.
     """
-    box = crop_box(img.width, img.height, cfg["resize"], size)
-    resized = img.resize((size, size), _RESAMPLE[cfg["interpolation"]], box=box, reducing_gap=3.0)
+    box = crop_box(img.width, img.height, cfg.resize, size)
+    resized = img.resize((size, size), _RESAMPLE[cfg.interpolation], box=box, reducing_gap=3.0)
     arr = np.asarray(resized, dtype=np.float32)
-    mean = np.asarray(cfg["mean"], dtype=np.float32) * 255.0
-    inv_std = 1.0 / (np.asarray(cfg["std"], dtype=np.float32) * 255.0)
+    mean = np.asarray(cfg.mean, dtype=np.float32) * 255.0
+    inv_std = 1.0 / (np.asarray(cfg.std, dtype=np.float32) * 255.0)
     arr = (arr - mean) * inv_std
     return np.ascontiguousarray(arr.transpose(2, 0, 1))

@@ -21,7 +21,7 @@ from typing import Any, Callable, Dict, List, Optional, Sequence
 
 import numpy as np
 
-from .manifest import resolve_file, variant_image_config
+from .manifest import Manifest, resolve_file
 from .pipeline import decode_one
 
 logger = logging.getLogger(__name__)
@@ -39,9 +39,9 @@ class Choice:
     projected: Dict[str, float] = field(default_factory=dict)
 
 
-def rungs(manifest: Dict[str, Any]) -> List[str]:
+def rungs(manifest: Manifest) -> List[str]:
     """The manifest's ladder (variant names, cheapest first); empty when it has none."""
-    return list(manifest.get("ladder", []))
+    return list(manifest.ladder)
 
 
 def _probe_paths(paths: Sequence[Path], n: int) -> List[Path]:
@@ -52,7 +52,7 @@ def _probe_paths(paths: Sequence[Path], n: int) -> List[Path]:
     return [paths[int(i * step)] for i in range(n)]
 
 
-def probe_rung(model_dir: Path, manifest: Dict[str, Any], rung: str, paths: Sequence[Path], threads: int,
+def probe_rung(model_dir: Path, manifest: Manifest, rung: str, paths: Sequence[Path], threads: int,
                make_session: Callable[[Path, int], Any]) -> float:
     """Seconds per image of ``rung`` on this machine: decoding + preprocessing + its encoder.
 
@@ -60,8 +60,8 @@ def probe_rung(model_dir: Path, manifest: Dict[str, Any], rung: str, paths: Sequ
     encoder after one warm-up run. Images that cannot be decoded are skipped;
     with none left, synthetic pixels are timed.
     """
-    cfg = variant_image_config(manifest, rung)
-    size = int(cfg["size"])
+    cfg = manifest.image_for(rung)
+    size = cfg.size
     chosen = _probe_paths(paths, PROBE_IMAGES)
     pixels, started = [], time.perf_counter()
     for path in chosen:
@@ -74,9 +74,9 @@ def probe_rung(model_dir: Path, manifest: Dict[str, Any], rung: str, paths: Sequ
     batch = np.stack(pixels) if pixels else np.zeros((PROBE_IMAGES, 3, size, size), dtype=np.float32)
     # unverified here: Model checks the sha256 of the rung it then loads (hashing every rung twice cost start-up)
     session = make_session(resolve_file(manifest, model_dir, "image_encoder", False, rung), threads)
-    session.run(None, {cfg["input"]: batch[:1]})
+    session.run(None, {cfg.input: batch[:1]})
     started = time.perf_counter()
-    session.run(None, {cfg["input"]: batch})
+    session.run(None, {cfg.input: batch})
     return decode_s + (time.perf_counter() - started) / len(batch)
 
 
@@ -100,7 +100,7 @@ def choose(names: Sequence[str], seconds_per_image: Callable[[str], float], imag
                             f"{images} images; the cheapest projects {projected[names[0]]:.0f} s", projected)
 
 
-def select_rung(model_dir: Path, manifest: Dict[str, Any], forced: Optional[str], paths: Sequence[Path],
+def select_rung(model_dir: Path, manifest: Manifest, forced: Optional[str], paths: Sequence[Path],
                 budget_s: float, threads: int, make_session: Callable[[Path, int], Any]) -> Optional[str]:
     """The variant to run: ``forced`` (``--rung``), else the ladder's choice, else None (no ladder).
 

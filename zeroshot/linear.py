@@ -21,11 +21,11 @@ import json
 import logging
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Dict, List, Optional, Sequence
+from typing import Dict, List, Optional, Sequence
 
 import numpy as np
 
-from .manifest import resolve_file
+from .manifest import Manifest, resolve_file
 from .scoring import softmax, unit_features
 from .text import normalize_name
 
@@ -119,10 +119,10 @@ def fit_logistic(x: np.ndarray, y: np.ndarray, n_classes: int, base: Optional[np
     return {"weights": prev[:-1].astype(np.float32), "bias": prev[-1].astype(np.float32)}
 
 
-def head_config(manifest: Dict[str, Any]) -> Dict[str, bool]:
+def head_config(manifest: Manifest) -> Dict[str, bool]:
     """How features are formed for this model: {"image_log", "text_log"} from the manifest."""
-    return {"image_log": bool((manifest.get("transductive") or {}).get("log_features", False)),
-            "text_log": manifest["score"]["logit"] == "log"}
+    return {"image_log": manifest.transductive is not None and manifest.transductive.log_features,
+            "text_log": manifest.score.logit == "log"}
 
 
 def read_head(path: Path) -> Head:
@@ -141,18 +141,18 @@ def read_head(path: Path) -> Head:
     return head
 
 
-def load_head(model_dir: Path, manifest: Dict[str, Any], verify: bool = True) -> Optional[Head]:
+def load_head(model_dir: Path, manifest: Manifest, verify: bool = True) -> Optional[Head]:
     """The model folder's head (None without a ``head`` section), its file checked against its sha256.
 
     Raises FileNotFoundError/ValueError naming the file when it is missing,
     corrupt, or its classes differ from the manifest's ``head.classes``.
     """
-    section = manifest.get(HEAD_KEY)
+    section = manifest.head
     if section is None:
         return None
     path = resolve_file(manifest, Path(model_dir), HEAD_KEY, verify)
     head = read_head(path)
-    if head.classes != list(section["classes"]):
+    if head.classes != list(section.classes):
         raise ValueError(f"{path}: head classes {head.classes[:5]}... differ from the manifest's head.classes")
     logger.debug("head %s: %d classes, zero_shot=%s", path, len(head.classes), head.zero_shot)
     return head

@@ -163,7 +163,7 @@ class _DatasetRun:
         if tier == PRIOR:
             return _Batch(start, stop, tier, [])
         cfg = self.model.image_cfg
-        size = cfg["size"] if tier == FULL else cfg["fast_size"]
+        size = cfg.size if tier == FULL else cfg.fast_size
         return _Batch(start, stop, tier, [self.decoder.submit(p, cfg, size) for p in self.ds.images[start:stop]])
 
     def _downgrade(self, queue: Deque[_Batch], tier: str) -> None:
@@ -177,7 +177,7 @@ class _DatasetRun:
 
     def class_vectors(self) -> Optional[np.ndarray]:
         """float32 (C, D) class vectors, or None when the budget leaves no time for this dataset."""
-        prompts = len(self.ds.classes) * len(self.model.text_cfg["templates"])
+        prompts = len(self.ds.classes) * len(self.model.text_cfg.templates)
         if self._tier(min(self.batch_size, len(self.ds.images))) == PRIOR:
             self.budget.record_prompts(prompts, 0.0, encoded=False)
             return None
@@ -207,7 +207,7 @@ class _DatasetRun:
             vectors, feats = self.model.encode_images(np.stack([decoded[i][0] for i in ok]))
             if self.features is None:
                 self.features = np.zeros((len(self.valid), feats.shape[1]), dtype=np.float32)
-            self.scores[rows] = class_logits(vectors, class_vecs, self.model.manifest["score"])
+            self.scores[rows] = class_logits(vectors, class_vecs, self.model.manifest.score)
             self.features[rows] = feats
             self.valid[rows] = True
         return sum(item is not None for item in decoded)
@@ -252,9 +252,9 @@ class _DatasetRun:
         scores, model = self.scores, self.model
         if model.head is not None:
             scores = model.head.adjust(self.ds.classes, scores, self.features, self.valid,
-                                       model.text_cfg.get("normalize", []))
-        return predict(scores, self.valid, self.ds.class_mask(), model.manifest.get("balance"),
-                       self.features, model.manifest.get("transductive"))
+                                       model.text_cfg.normalize)
+        return predict(scores, self.valid, self.ds.class_mask(), model.manifest.balance,
+                       self.features, model.manifest.transductive)
 
 
 def prior_result(ds: Dataset, started: float, problems: List[str]) -> DatasetResult:
@@ -281,7 +281,7 @@ def predict_dataset(ds: Dataset, model: Model, budget: Budget, decoder: Decoder,
 def _predict(run: _DatasetRun, started: float) -> DatasetResult:
     ds, budget = run.ds, run.budget
     if not ds.images or len(ds.classes) == 1:
-        budget.record_prompts(len(ds.classes) * len(run.model.text_cfg["templates"]), 0.0, encoded=False)
+        budget.record_prompts(len(ds.classes) * len(run.model.text_cfg.templates), 0.0, encoded=False)
         budget.record(PRIOR, len(ds.images), 0.0)
         return prior_result(ds, started, list(ds.problems))
     try:

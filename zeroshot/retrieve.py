@@ -31,7 +31,7 @@ from .limits import MODEL_DIR
 from .command import make_parser, parse_args
 from .embed import Progress, embed_images, embed_texts, read_pairs, similarity, walk_images
 from .encoders import Model
-from .manifest import sha256_file
+from .manifest import sha256_file, to_dict
 from .outputs import atomic_open
 
 logger = logging.getLogger(__name__)
@@ -59,10 +59,7 @@ class Index:
 
 def model_signature(model: Model, variant: Optional[str]) -> str:
     """sha256 over what image vectors depend on: the image encoder file and the image section."""
-    files = dict(model.manifest["files"])
-    if variant is not None:
-        files.update(model.manifest.get("variants", {}).get(variant, {}).get("files", {}))
-    key = {"image_encoder": files["image_encoder"]["sha256"], "image": model.image_cfg}
+    key = {"image_encoder": model.manifest.file("image_encoder", variant).sha256, "image": to_dict(model.image_cfg)}
     return hashlib.sha256(json.dumps(key, sort_keys=True).encode("utf-8")).hexdigest()
 
 

@@ -12,9 +12,11 @@ priors by EM (Saerens et al. 2002).
 from __future__ import annotations
 
 import logging
-from typing import Any, Dict, Optional, Tuple
+from typing import Optional, Tuple, Union
 
 import numpy as np
+
+from .manifest import BalanceConfig, PropagateConfig, ScoreConfig, TransductiveConfig
 
 logger = logging.getLogger(__name__)
 
@@ -30,7 +32,7 @@ def similarities(image_vecs: np.ndarray, class_vecs: np.ndarray, similarity: str
     return img @ cls.T
 
 
-def class_logits(image_vecs: np.ndarray, class_vecs: np.ndarray, cfg: Dict[str, Any]) -> np.ndarray:
+def class_logits(image_vecs: np.ndarray, class_vecs: np.ndarray, cfg: ScoreConfig) -> np.ndarray:
     """float32 (N, D) x (C, D) -> float32 (N, C) logits as the manifest's score section ``cfg`` says.
 
     The similarity s (:func:`similarities`) goes through the ``logit``
@@ -38,9 +40,9 @@ def class_logits(image_vecs: np.ndarray, class_vecs: np.ndarray, cfg: Dict[str, 
     probability-like s, e.g. p . w of two distributions); an optional ``bias``
     is added (SigLIP's logit bias: scale * cos + bias).
     """
-    sims = similarities(image_vecs, class_vecs, cfg["similarity"])
-    transformed = np.log(np.maximum(sims, _EPS)) if cfg["logit"] == "log" else sims
-    return (float(cfg["scale"]) * transformed + float(cfg.get("bias", 0.0))).astype(np.float32)
+    sims = similarities(image_vecs, class_vecs, cfg.similarity)
+    transformed = np.log(np.maximum(sims, _EPS)) if cfg.logit == "log" else sims
+    return (cfg.scale * transformed + cfg.bias).astype(np.float32)
 
 
 def softmax(x: np.ndarray, axis: int = -1) -> np.ndarray:
@@ -90,7 +92,7 @@ def em_priors(probs: np.ndarray, iterations: int, pseudo_count: float = 0.0, tem
     return priors
 
 
-def balance_probs(probs: np.ndarray, cfg: Dict[str, Any], target: Optional[np.ndarray] = None) -> np.ndarray:
+def balance_probs(probs: np.ndarray, cfg: BalanceConfig, target: Optional[np.ndarray] = None) -> np.ndarray:
     """(N, C) probabilities balanced as the manifest's ``balance`` section says.
 
     ``sinkhorn``: towards equal class masses; ``estimated``: towards the
@@ -98,12 +100,12 @@ def balance_probs(probs: np.ndarray, cfg: Dict[str, Any], target: Optional[np.nd
     re-weighted by the EM estimate of the class priors (``em_iterations``,
     ``pseudo_count``, ``temperature``).
     """
-    if cfg["method"] == "em":
-        priors = em_priors(probs, int(cfg.get("em_iterations", cfg["iterations"])),
-                           float(cfg.get("pseudo_count", 0.0)), float(cfg.get("temperature", 1.0)))
+    if cfg.method == "em":
+        iterations = cfg.iterations if cfg.em_iterations is None else cfg.em_iterations
+        priors = em_priors(probs, iterations, cfg.pseudo_count, cfg.temperature)
         adjusted = probs.astype(np.float64) * priors[None, :]
         return adjusted / np.maximum(adjusted.sum(axis=1, keepdims=True), _EPS)
-    return sinkhorn(probs, int(cfg["iterations"]), target if cfg["method"] == "estimated" else None)
+    return sinkhorn(probs, cfg.iterations, target if cfg.method == "estimated" else None)
 
 
 def estimate_shares(probs: np.ndarray, valid: np.ndarray, class_mask: np.ndarray, pseudo_count: float) -> np.ndarray:
@@ -113,13 +115,13 @@ def estimate_shares(probs: np.ndarray, valid: np.ndarray, class_mask: np.ndarray
     return shares / max(float(shares.sum()), _EPS)
 
 
-def _enough(section: Optional[Dict[str, Any]], n: int, n_classes: int) -> bool:
-    """True when a transductive section is set and the dataset has enough images for it."""
-    return section is not None and n >= float(section.get("min_images_per_class", 0)) * n_classes
+def _enough(section: Union[BalanceConfig, TransductiveConfig, None], n: int, n_classes: int) -> bool:
+    """True when a balance or transductive section is set and the dataset has enough images for it."""
+    return section is not None and n >= section.min_images_per_class * n_classes
 
 
 def _balanced(logits: np.ndarray, valid: np.ndarray, class_mask: np.ndarray,
-              balance: Optional[Dict[str, Any]], target: Optional[np.ndarray] = None) -> np.ndarray:
+              balance: Optional[BalanceConfig], target: Optional[np.ndarray] = None) -> np.ndarray:
     """Softmax of masked logits, invalid rows set to the prior, balanced if enabled: (N, C)."""
     masked = np.where(class_mask[None, :], logits, -np.inf)
     probs = softmax(masked, axis=1)
@@ -146,8 +148,9 @@ def unit_features(features: np.ndarray, valid: np.ndarray, center: bool, log: bo
 
 
 def refine(logits: np.ndarray, f: np.ndarray, valid: np.ndarray, class_mask: np.ndarray,
-           balance: Optional[Dict[str, Any]], cfg: Dict[str, Any], target: Optional[np.ndarray] = None) -> np.ndarray:
-    """Transductive prototypes: (N, C) probabilities after ``cfg["iterations"]`` rounds.
+           balance: Optional[BalanceConfig], cfg: TransductiveConfig,
+           target: Optional[np.ndarray] = None) -> np.ndarray:
+    """Transductive prototypes: (N, C) probabilities after ``cfg.iterations`` rounds.
 
     ``f``: the image features as :func:`unit_features` makes them for ``cfg``
     (computed once per dataset by :func:`predict`). Each round forms one
@@ -156,8 +159,8 @@ def refine(logits: np.ndarray, f: np.ndarray, valid: np.ndarray, class_mask: np.
     zero-shot ``logits``.
     """
     probs = _balanced(logits, valid, class_mask, balance, target)
-    step = float(cfg["weight"]) * float(cfg["scale"])
-    for _ in range(int(cfg["iterations"])):
+    step = cfg.weight * cfg.scale
+    for _ in range(cfg.iterations):
         weights = np.where(valid[:, None], probs, 0.0)
         protos = weights.T @ f
         protos /= np.maximum(np.linalg.norm(protos, axis=1, keepdims=True), _EPS)
@@ -186,7 +189,7 @@ def knn_graph(f: np.ndarray, k: int, power: float, block: int = 1024) -> Tuple[n
     return idx, weights
 
 
-def propagate(log_probs: np.ndarray, f: np.ndarray, cfg: Dict[str, Any]) -> np.ndarray:
+def propagate(log_probs: np.ndarray, f: np.ndarray, cfg: PropagateConfig) -> np.ndarray:
     """Label propagation (Zhou et al. 2004) of (N, C) log-probabilities over the kNN graph of unit-row features f.
 
     The graph joins every image to its ``neighbours`` nearest images
@@ -203,15 +206,15 @@ def propagate(log_probs: np.ndarray, f: np.ndarray, cfg: Dict[str, Any]) -> np.n
     y = log_probs.astype(np.float64)
     if n < 2:
         return y
-    idx, w = knn_graph(f, int(cfg["neighbours"]), float(cfg.get("power", 1.0)))
+    idx, w = knn_graph(f, cfg.neighbours, cfg.power)
     src = np.repeat(np.arange(n), idx.shape[1])
     rows, cols = np.concatenate([src, idx.ravel()]), np.concatenate([idx.ravel(), src])
     vals = np.concatenate([w.ravel(), w.ravel()])
     degree = np.bincount(rows, weights=vals, minlength=n)
     vals = vals / np.sqrt(np.maximum(degree[rows] * degree[cols], _EPS))
-    alpha = float(cfg["alpha"])
+    alpha = cfg.alpha
     out = y.copy()
-    for _ in range(int(cfg["iterations"])):
+    for _ in range(cfg.iterations):
         spread = np.stack([np.bincount(rows, weights=vals * out[cols, c], minlength=n)
                            for c in range(y.shape[1])], axis=1)
         out = alpha * spread + (1.0 - alpha) * y
@@ -219,7 +222,7 @@ def propagate(log_probs: np.ndarray, f: np.ndarray, cfg: Dict[str, Any]) -> np.n
 
 
 def propagated_logits(logits: np.ndarray, f: np.ndarray, valid: np.ndarray, class_mask: np.ndarray,
-                      cfg: Dict[str, Any]) -> np.ndarray:
+                      cfg: PropagateConfig) -> np.ndarray:
     """float32 (N, C): the valid rows' logits after :func:`propagate`; other rows and masked classes unchanged.
 
     ``cfg`` is the transductive section's ``propagate``; datasets with more
@@ -229,8 +232,8 @@ def propagated_logits(logits: np.ndarray, f: np.ndarray, valid: np.ndarray, clas
     n_valid = int(valid.sum())
     if n_valid < 2:
         return logits
-    if n_valid > int(cfg.get("max_images", n_valid)):
-        logger.info("label propagation skipped: %d images (more than %s)", n_valid, cfg["max_images"])
+    if cfg.max_images is not None and n_valid > cfg.max_images:
+        logger.info("label propagation skipped: %d images (more than %d)", n_valid, cfg.max_images)
         return logits
     allowed = np.flatnonzero(class_mask)
     sub = logits[np.ix_(valid, allowed)].astype(np.float64)
@@ -242,8 +245,8 @@ def propagated_logits(logits: np.ndarray, f: np.ndarray, valid: np.ndarray, clas
 
 
 def predict(logits: np.ndarray, valid: np.ndarray, class_mask: np.ndarray,
-            balance: Optional[Dict[str, Any]], features: Optional[np.ndarray] = None,
-            transductive: Optional[Dict[str, Any]] = None) -> np.ndarray:
+            balance: Optional[BalanceConfig], features: Optional[np.ndarray] = None,
+            transductive: Optional[TransductiveConfig] = None) -> np.ndarray:
     """Class index per image.
 
     logits: float32 (N, C) (:func:`class_logits`); valid: bool (N,) rows that come from a
@@ -263,15 +266,14 @@ def predict(logits: np.ndarray, valid: np.ndarray, class_mask: np.ndarray,
     if n == 0:
         return np.zeros(0, dtype=np.int64)
     use_features = features is not None and _enough(transductive, int(valid.sum()), int(class_mask.sum()))
-    rounds = int(balance.get("rounds", 0)) if balance is not None and balance["method"] == "estimated" else 0
+    rounds = balance.rounds if balance is not None and balance.method == "estimated" else 0
     target: Optional[np.ndarray] = None
-    f = (unit_features(features, valid, bool(transductive.get("center", True)),
-                       bool(transductive.get("log_features", False))) if use_features else None)
-    if use_features and transductive.get("propagate"):
-        logits = propagated_logits(logits, f, valid, class_mask, transductive["propagate"])
+    f = unit_features(features, valid, transductive.center, transductive.log_features) if use_features else None
+    if use_features and transductive.propagate is not None:
+        logits = propagated_logits(logits, f, valid, class_mask, transductive.propagate)
     for r in range(rounds + 1):
         if r:
-            target = estimate_shares(probs, valid, class_mask, float(balance.get("pseudo_count", 0.0)))
+            target = estimate_shares(probs, valid, class_mask, balance.pseudo_count)
         if use_features:
             probs = refine(logits, f, valid, class_mask, balance, transductive, target)
         else:

@@ -13,11 +13,11 @@ import logging
 import re
 import unicodedata
 from pathlib import Path
-from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
+from typing import Callable, List, Optional, Sequence, Tuple
 
 import numpy as np
 
-from .manifest import TOKENIZER_TYPES, resolve_file
+from .manifest import TOKENIZER_TYPES, Manifest, TokenizerConfig, resolve_file
 
 logger = logging.getLogger(__name__)
 
@@ -62,7 +62,7 @@ def _sentencepiece_encoder(model_file: Path) -> Callable[[str], List[int]]:
     return lambda text: list(sp.EncodeAsIds(text))
 
 
-def _hf_encoder(model_file: Path, cfg: Dict[str, Any]) -> Callable[[str], List[int]]:
+def _hf_encoder(model_file: Path, cfg: TokenizerConfig) -> Callable[[str], List[int]]:
     """text -> ids of a Hugging Face ``tokenizers`` JSON file.
 
     With ``add_special_tokens`` (default true) the file's own post-processor
@@ -78,9 +78,9 @@ def _hf_encoder(model_file: Path, cfg: Dict[str, Any]) -> Callable[[str], List[i
         raise ValueError(f"{model_file}: not a Hugging Face tokenizers JSON file: {exc}") from exc
     tok.no_padding()
     tok.no_truncation()
-    add_special = bool(cfg.get("add_special_tokens", True))
-    if add_special and cfg.get("context_length") is not None:
-        tok.enable_truncation(max_length=int(cfg["context_length"]))
+    add_special = cfg.add_special_tokens
+    if add_special and cfg.context_length is not None:
+        tok.enable_truncation(max_length=cfg.context_length)
     return lambda text: list(tok.encode(text, add_special_tokens=add_special).ids)
 
 
@@ -115,8 +115,8 @@ class Tokenizer:
     looked up in this table (a trimmed vocabulary's rows) last.
     """
 
-    def __init__(self, model_file: Path, cfg: Dict[str, Any], id_map: Optional[np.ndarray] = None) -> None:
-        self.type: str = cfg.get("type", "sentencepiece")
+    def __init__(self, model_file: Path, cfg: TokenizerConfig, id_map: Optional[np.ndarray] = None) -> None:
+        self.type: str = cfg.type
         if self.type == "sentencepiece":
             self._encode = _sentencepiece_encoder(model_file)
         elif self.type == "hf_tokenizers":
@@ -124,14 +124,14 @@ class Tokenizer:
         else:
             raise ValueError(f"{model_file}: unknown tokenizer type {self.type!r} (expected one of {TOKENIZER_TYPES})")
         self.file = Path(model_file)
-        self.adds_specials = self.type == "sentencepiece" or not bool(cfg.get("add_special_tokens", True))
-        self.bos_id: Optional[int] = cfg.get("bos_id")
-        self.eos_id: Optional[int] = cfg.get("eos_id")
-        self.pad_id: int = int(cfg.get("pad_id") or 0)
-        self.context_length: Optional[int] = cfg.get("context_length")
-        self.pad_to_context = bool(cfg.get("pad_to_context", False))
-        self.lowercase = bool(cfg.get("lowercase", False))
-        self.left_pad = cfg.get("padding_side", "right") == "left"
+        self.adds_specials = self.type == "sentencepiece" or not cfg.add_special_tokens
+        self.bos_id: Optional[int] = cfg.bos_id
+        self.eos_id: Optional[int] = cfg.eos_id
+        self.pad_id: int = cfg.pad_id or 0
+        self.context_length: Optional[int] = cfg.context_length
+        self.pad_to_context = cfg.pad_to_context
+        self.lowercase = cfg.lowercase
+        self.left_pad = cfg.padding_side == "left"
         self.id_map = id_map
 
     def encode(self, text: str) -> List[int]:
@@ -174,12 +174,12 @@ class Tokenizer:
         return self._lookup(ids), mask
 
 
-def load_tokenizer(manifest: Dict[str, Any], model_dir: Path, verify: bool = True,
+def load_tokenizer(manifest: Manifest, model_dir: Path, verify: bool = True,
                    variant: Optional[str] = None) -> Tokenizer:
     """The manifest's tokenizer with its id map (files ``tokenizer`` and ``tokenizer_id_map``), sha256-checked."""
-    cfg = manifest["text"]["tokenizer"]
+    cfg = manifest.text.tokenizer
     path = resolve_file(manifest, model_dir, "tokenizer", verify, variant)
     id_map = None
-    if cfg.get("id_map"):
+    if cfg.id_map:
         id_map = load_id_map(resolve_file(manifest, model_dir, "tokenizer_id_map", verify, variant))
     return Tokenizer(path, cfg, id_map)

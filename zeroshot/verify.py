@@ -235,7 +235,7 @@ def read_threshold(path: Path, explicit: bool, model_name: str = "") -> float:
 def cmd_verify(args: Any, model: Model) -> int:
     """One JSON line per claim; an unreadable image or an empty object gives present/score/true null."""
     calibration = args.calibration or (args.model / CALIBRATION_NAME)
-    threshold = read_threshold(calibration, args.calibration is not None, model.manifest.get("name", ""))
+    threshold = read_threshold(calibration, args.calibration is not None, model.manifest.name)
     claims = [parse_claim(t) for t in args.claims]
     emb = embed_images(model, [args.image])
     objects = [c.object for c in claims if c.object]
@@ -259,7 +259,7 @@ def cmd_calibrate(args: Any, model: Model) -> int:
     emb = embed_images(model, records.images)
     labels = np.asarray(records.labels)[emb.valid]
     result = calibrate(Verifier(model), emb.vectors, labels, records.classes)
-    result.update(model=model.manifest.get("name", ""), skipped=len(emb.problems))
+    result.update(model=model.manifest.name, skipped=len(emb.problems))
     out = args.out or (args.model / CALIBRATION_NAME)
     write_json_atomic(out, result)
     sys.stdout.write(json.dumps(result, ensure_ascii=False) + "\n")

@@ -53,8 +53,8 @@ def pipeline_accuracy(model: Model, scores: np.ndarray, features: np.ndarray, la
                       classes: List[str]) -> float:
     """Accuracy of the runtime's decision (balance + transductive from the manifest) on (N, C) scores."""
     valid = np.ones(len(scores), dtype=bool)
-    pred = predict(scores, valid, class_mask(classes), model.manifest.get("balance"), features,
-                   model.manifest.get("transductive"))
+    pred = predict(scores, valid, class_mask(classes), model.manifest.balance, features,
+                   model.manifest.transductive)
     return float(np.mean(pred == labels))
 
 
@@ -75,7 +75,7 @@ def run(model: Model, seeds: int, l2: float) -> Dict[int, Dict[str, List[float]]
     if not emb.valid.all():
         raise ValueError("some dev images did not decode")
     scores = similarity(model, emb.vectors, model.class_vectors(classes))
-    steps = model.text_cfg.get("normalize", [])
+    steps = model.text_cfg.normalize
     results: Dict[int, Dict[str, List[float]]] = {k: {c: [] for c in COLUMNS} for k in KS}
     for seed in range(seeds):
         for k in KS:

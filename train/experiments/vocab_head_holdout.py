@@ -29,6 +29,7 @@ import torch
 from zeroshot.command import make_parser, parse_args
 from zeroshot.datasets import discover
 from zeroshot.limits import DEVSETS_DIR, MODEL_DIR
+from zeroshot.manifest import Manifest
 from zeroshot.scoring import class_logits
 from zeroshot.scoring import predict
 from zeroshot.text import build_prompts
@@ -72,11 +73,11 @@ def class_weights(run: Run, bank: ConceptBank, entries: np.ndarray, classes: Lis
     return {"bank": lookup.astype(np.float32), "head": head.astype(np.float32)}
 
 
-def score(manifest: Dict, probs: np.ndarray, weights: np.ndarray, truth: np.ndarray) -> float:
+def score(manifest: Manifest, probs: np.ndarray, weights: np.ndarray, truth: np.ndarray) -> float:
     """Accuracy x 100 of one dataset, scored like the runtime (manifest's score, balance, transductive)."""
-    scores = class_logits(probs, weights, manifest["score"])
-    pred = predict(scores, np.ones(len(probs), bool), np.ones(len(weights), bool), manifest.get("balance"), probs,
-                   manifest.get("transductive"))
+    scores = class_logits(probs, weights, manifest.score)
+    pred = predict(scores, np.ones(len(probs), bool), np.ones(len(weights), bool), manifest.balance, probs,
+                   manifest.transductive)
     return 100.0 * float((pred == truth).mean())
 
 

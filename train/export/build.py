@@ -21,6 +21,7 @@ import numpy as np
 from zeroshot.datasets import discover
 from zeroshot.encoders import Model
 from zeroshot.limits import DEVSETS_DIR
+from zeroshot.manifest import ImageConfig, read_section
 from zeroshot.text import normalize_name
 
 from ..contract import CLIP_NORMALIZE, IMAGE_ENCODER_FILE, TEXT_ENCODER_FILE, text_config
@@ -78,9 +79,11 @@ def dev_data(root: Path, limit: int) -> Tuple[List[Path], List[Tuple[List[str], 
 
 
 def _pixels(images: Sequence[Path], image_cfg: Dict[str, Any], n: int) -> np.ndarray:
+    """The check images (or synthetic ones) preprocessed as the manifest's ``image`` section (a dict) says."""
     from ..image_encoder import pixel_batch, synthetic_batch
 
-    size = int(image_cfg["size"])
+    image_cfg = read_section(ImageConfig, image_cfg, "image")
+    size = image_cfg.size
     if images:
         return pixel_batch(list(images)[:n], image_cfg, size)
     return synthetic_batch(8, size, image_cfg)
@@ -293,5 +296,5 @@ def export(source: Source, out: Path, opts: Options) -> Dict[str, Any]:
     files.update(kept[default])
     kept, validation["archive"] = fit_archive(out, files, kept, default, opts.vendor)
     _remove_unused(out, kept)
-    sections["default_variant"] = default
+    validation["default_variant"] = default  # its files are the manifest's default files
     return write_manifest(out, files, {**sections, "validation": validation}, kept if len(kept) > 1 else None)

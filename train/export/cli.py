@@ -95,7 +95,7 @@ def main(argv: Optional[List[str]] = None) -> int:
                                  args.mclip_base)
     with tempfile.TemporaryDirectory(prefix="export-plan-") as tmp:
         manifest = build.export(source, args.out or Path(tmp), opts)
-        rows = manifest.get("validation", {}).get("plan")
+        rows = manifest.validation.get("plan")
         if rows:
             sys.stdout.write(plan.format_table(rows, f"{source.name}: size and time plan") + "\n")
     logger.info("exported %s to %s", source.name, args.out or "(temporary folder)")

@@ -23,9 +23,8 @@ import numpy as np
 
 from zeroshot.encoders import make_session
 from zeroshot.limits import ARCHIVE_CAP_MB, JUDGE_IMAGES, JUDGE_TIME_LIMIT_S
-from zeroshot.manifest import resolve_file
+from zeroshot.manifest import ImageConfig, Manifest, resolve_file
 
-from ..contract import ATTENTION_MASK, INPUT_IDS
 
 logger = logging.getLogger(__name__)
 
@@ -75,49 +74,49 @@ def runtime_mb(vendor: Optional[Path]) -> float:
     return total / 1e6
 
 
-def preprocess_ms(images: Sequence[Path], cfg: Dict[str, Any]) -> float:
+def preprocess_ms(images: Sequence[Path], cfg: ImageConfig) -> float:
     """Mean ms to decode and preprocess one image with the runtime's functions (0 without images)."""
     from zeroshot.images import load_image, preprocess
 
     if not images:
         return 0.0
-    size = int(cfg["size"])
+    size = int(cfg.size)
     start = time.thread_time()
     for path in images:
         preprocess(load_image(Path(path), size), cfg, size)
     return 1000.0 * (time.thread_time() - start) / len(images)
 
 
-def _variant_paths(manifest: Dict[str, Any], model_dir: Path, variant: Optional[str]) -> Dict[str, Path]:
+def _variant_paths(manifest: Manifest, model_dir: Path, variant: Optional[str]) -> Dict[str, Path]:
     roles = ["image_encoder", "text_encoder", "tokenizer"] + (["tokenizer_id_map"]
-                                                               if manifest["files"].get("tokenizer_id_map") else [])
+                                                               if "tokenizer_id_map" in manifest.files else [])
     return {role: resolve_file(manifest, model_dir, role, False, variant) for role in roles}
 
 
-def measure_variant(manifest: Dict[str, Any], model_dir: Path, variant: Optional[str], extra_mb: float,
+def measure_variant(manifest: Manifest, model_dir: Path, variant: Optional[str], extra_mb: float,
                     prep_ms: float, batch: int = 8, repeats: int = 3) -> Dict[str, Any]:
     """One row of the plan: sizes, speeds on one core, projected time and the verdicts."""
     paths = _variant_paths(manifest, model_dir, variant)
     model_mb = sum(p.stat().st_size for p in paths.values()) / 1e6
-    image_cfg, text_cfg = manifest["image"], manifest["text"]
-    size = int(image_cfg["size"])
+    image_cfg, text_cfg = manifest.image_for(variant), manifest.text
+    size = image_cfg.size
     start = time.thread_time()
     image_session = make_session(paths["image_encoder"], 1)
     text_session = make_session(paths["text_encoder"], 1)
     load_s = time.thread_time() - start
     pixels = np.random.default_rng(0).normal(size=(batch, 3, size, size)).astype(np.float32)
-    image_s, image_wall = _best_time(lambda: image_session.run([image_cfg["output"]], {image_cfg["input"]: pixels}),
+    image_s, image_wall = _best_time(lambda: image_session.run([image_cfg.output], {image_cfg.input: pixels}),
                                      repeats)
-    length = int(text_cfg["tokenizer"].get("context_length") or 32)
+    length = text_cfg.tokenizer.context_length or 32
     rows = 32
     ids = np.full((rows, length), 5, dtype=np.int64)
-    feeds = {text_cfg[INPUT_IDS]: ids}
-    if text_cfg.get(ATTENTION_MASK):  # the manifest's keys are named like the default input names
-        feeds[text_cfg[ATTENTION_MASK]] = np.ones_like(ids)
-    text_s, text_wall = _best_time(lambda: text_session.run([text_cfg["output"]], feeds), repeats)
+    feeds = {text_cfg.input_ids: ids}
+    if text_cfg.attention_mask:
+        feeds[text_cfg.attention_mask] = np.ones_like(ids)
+    text_s, text_wall = _best_time(lambda: text_session.run([text_cfg.output], feeds), repeats)
     image_ms = 1000.0 * image_s / batch
     prompt_ms = 1000.0 * text_s / rows
-    prompts = PLAN_CLASSES * len(text_cfg["templates"])
+    prompts = PLAN_CLASSES * len(text_cfg.templates)
     projected = load_s + PLAN_IMAGES * (image_ms + prep_ms) / 1000.0 + prompts * prompt_ms / 1000.0
     archive = model_mb + extra_mb
     return {"variant": variant or "default", "model_mb": round(model_mb, 1), "archive_mb": round(archive, 1),
@@ -128,13 +127,13 @@ def measure_variant(manifest: Dict[str, Any], model_dir: Path, variant: Optional
             "fits_size": archive <= CAP_MB, "fits_time": projected <= LIMIT_S}
 
 
-def plan(manifest: Dict[str, Any], model_dir: Path, vendor: Optional[Path], images: Sequence[Path]) -> List[Dict[str, Any]]:
+def plan(manifest: Manifest, model_dir: Path, vendor: Optional[Path], images: Sequence[Path]) -> List[Dict[str, Any]]:
     """The plan rows of every variant in the manifest (or the default files if it lists none)."""
     pinned = _pin_one_cpu()
     try:
-        prep = preprocess_ms(list(images)[:16], manifest["image"])
+        prep = preprocess_ms(list(images)[:16], manifest.image)
         extra = runtime_mb(vendor)
-        variants = sorted(manifest.get("variants", {})) or [None]
+        variants = sorted(manifest.variants) or [None]
         return [measure_variant(manifest, Path(model_dir), v, extra, prep) for v in variants]
     finally:
         if pinned is not None:

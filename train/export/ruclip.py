@@ -34,6 +34,7 @@ from typing import Any, Dict, List, Optional, Sequence
 import numpy as np
 import torch
 
+from zeroshot.manifest import TokenizerConfig, read_section
 from zeroshot.text import Tokenizer
 
 from ..contract import hf_tokenizer_config
@@ -141,7 +142,7 @@ def load_ruclip(folder: Path, yttm_python: Optional[str] = None) -> Source:
     with tempfile.TemporaryDirectory() as tmp:
         converted = Path(tmp) / "tokenizer.json"
         to_hf_tokenizer(read_yttm(bpe), bpe).save(str(converted))
-        runtime_tok = Tokenizer(converted, cfg)
+        runtime_tok = Tokenizer(converted, read_section(TokenizerConfig, cfg, "text.tokenizer"))
     original = yttm_encoder(bpe, yttm_python or os.environ.get(YTTM_PYTHON_ENV))
     if original is None:
         logger.warning("%s: youtokentome is not available (it has wheels for CPython <= 3.8 only; set "

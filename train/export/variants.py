@@ -122,7 +122,7 @@ def zero_shot(model: Any, pixels: Sequence[np.ndarray], datasets: Sequence[Tuple
     for names, idx in datasets:
         cls = model.class_vectors(names)
         class_vecs.append(cls)
-        preds[idx] = class_logits(image_vecs[idx], cls, model.manifest["score"]).argmax(axis=1)
+        preds[idx] = class_logits(image_vecs[idx], cls, model.manifest.score).argmax(axis=1)
     return preds, image_vecs, np.concatenate(class_vecs)
 
 
