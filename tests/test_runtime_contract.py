@@ -176,3 +176,24 @@ def test_evaluate_strict_fails_on_missing_and_extra_ids(tmp_path: Path, capsys: 
     out = capsys.readouterr().out
     assert "50.00" in out
     assert evaluate_main([str(gt), str(pred), "--strict"]) == 1
+
+
+def test_variant_and_rung_together_are_refused(tiny_model: Path, two_datasets, tmp_path: Path) -> None:
+    """--variant X --rung Y used to run X silently; one of the two must be given."""
+    root, _ = two_datasets
+    proc = run_predict_sh(root, tmp_path / "out.json", tiny_model, "--variant", "a", "--rung", "b")
+    assert proc.returncode == 2 and "--variant and --rung" in proc.stderr
+    assert not (tmp_path / "out.json").exists()
+
+
+def test_every_tool_sizes_threads_by_the_cpus_it_may_use(tiny_model: Path) -> None:
+    """Model (used by predict and every side tool) lowers --threads to the affinity/quota count, never raises it."""
+    from zeroshot.encoders import Model
+    from zeroshot.retrieve import main as retrieve_main
+
+    allowed = len(os.sched_getaffinity(0))
+    assert Model(tiny_model, threads=allowed + 63).threads == allowed
+    assert Model(tiny_model, threads=1).threads == 1
+    with pytest.raises(SystemExit) as exit_info:
+        retrieve_main(["index", str(tiny_model), str(tiny_model / "i.npz"), "--threads", "0"])
+    assert exit_info.value.code == 2

@@ -43,7 +43,8 @@ from onnxruntime.quantization.shape_inference import quant_pre_process
 from torch import nn
 
 from zeroshot.encoders import make_session
-from zeroshot.images import load_image, preprocess
+from zeroshot.datasets import list_images as list_dataset_images
+from zeroshot.images import IMAGE_EXTENSIONS, load_image, preprocess
 from zeroshot.manifest import ImageConfig
 
 from .onnx_compat import OPSET, finalize_onnx
@@ -60,7 +61,6 @@ MIN_INT8_TOP1_AGREEMENT = 0.85   # share of check images whose int8 top-1 equals
 PARITY_IMAGES = 8                # check images for the torch/onnxruntime parity of the fp32 export
 CALIBRATION_IMAGES = 100
 AGREEMENT_IMAGES = 200           # at most this many check images for the int8/fp32 top-1 agreement
-IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff")
 
 # The TF reference preprocessing of EfficientNet-Lite, (x - 127) / 128, in 0..1 units.
 TF_LITE_MEAN = [127.0 / 255.0] * 3
@@ -184,7 +184,7 @@ def list_images(folder: Path, limit: Optional[int] = None) -> List[Path]:
     folder = Path(folder)
     if not folder.is_dir():
         raise FileNotFoundError(f"{folder}: image folder not found")
-    paths = sorted(p for p in folder.iterdir() if p.suffix.lower() in IMAGE_EXTENSIONS)
+    paths = [p for p in list_dataset_images(folder)[0] if p.suffix.lower() in IMAGE_EXTENSIONS]
     if not paths:
         raise FileNotFoundError(f"{folder}: no image files ({', '.join(IMAGE_EXTENSIONS)})")
     return paths[:limit] if limit else paths

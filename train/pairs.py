@@ -23,11 +23,11 @@ from pathlib import Path
 from typing import Dict, List, Optional, Sequence, Tuple
 
 from zeroshot.datasets import image_id
+from zeroshot.images import IMAGE_EXTENSIONS
 from zeroshot.text import build_prompts, normalize_name
 
 logger = logging.getLogger(__name__)
 
-IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff")
 #: Problem kinds, in the order they are reported.
 KINDS = ("bad_line", "missing_image", "empty_query")
 MAX_LISTED = 20

@@ -11,6 +11,8 @@ import numpy as np
 import torch
 
 from zeroshot.datasets import class_mask
+from zeroshot.embed import RECALL_AT
+from zeroshot.embed import recall_at as recall_at_ranks
 from zeroshot.scoring import class_logits, predict
 from zeroshot.text import build_prompts
 
@@ -19,7 +21,6 @@ from .tower_run import Run, encode_texts
 
 logger = logging.getLogger(__name__)
 
-RECALL_AT = (1, 5, 10)
 
 
 def recall_at(run: Run, ks: Sequence[int] = RECALL_AT) -> Dict[str, float]:
@@ -34,7 +35,7 @@ def recall_at(run: Run, ks: Sequence[int] = RECALL_AT) -> Dict[str, float]:
     sims = similarity(text, images, run.manifest.score).cpu().numpy()
     own = sims[np.arange(len(val)), column][:, None]
     rank = (sims > own).sum(axis=1)
-    return {f"recall@{k}": float((rank < k).mean()) for k in ks}
+    return {f"recall@{k}": share for k, share in recall_at_ranks(rank, ks).items()}
 
 
 def zero_shot(run: Run) -> Dict[str, float]:

@@ -6,7 +6,6 @@ from __future__ import annotations
 import logging
 import math
 import signal
-import sys
 import threading
 import time
 from dataclasses import asdict
@@ -16,6 +15,8 @@ from typing import Any, Dict, List, Optional, Tuple
 import numpy as np
 import torch
 from torch import nn
+
+from zeroshot.progress import Progress
 
 from .tower_eval import evaluate
 from .tower_model import TextTower, info_nce, similarity, trainable
@@ -99,34 +100,19 @@ def make_optimizer(tower: TextTower, cfg: TrainConfig, steps: int) -> Tuple[torc
     return opt, torch.optim.lr_scheduler.LambdaLR(opt, factor)
 
 
-class Progress:
-    """A progress line on stderr: step, loss, training pairs/s (evaluation time excluded); redrawn in place on a
-    terminal, logged every 5% otherwise."""
+class PairRate:
+    """Training pairs per second over the optimizer steps only (evaluation and checkpoints excluded)."""
 
-    def __init__(self, total: int) -> None:
-        self.total = total
+    def __init__(self) -> None:
         self.pairs, self.seconds = 0, 0.0
-        self.tty = sys.stderr.isatty()
-        self.every = max(1, total // 20)
+
+    def add(self, pairs: int, seconds: float) -> None:
+        self.pairs += pairs
+        self.seconds += seconds
 
     @property
     def rate(self) -> float:
         return self.pairs / max(self.seconds, 1e-9)
-
-    def update(self, step: int, loss: float, pairs: int, seconds: float) -> None:
-        self.pairs += pairs
-        self.seconds += seconds
-        done = int(30 * step / max(self.total, 1))
-        line = f"[{'#' * done}{'.' * (30 - done)}] step {step}/{self.total} loss {loss:.4f} {self.rate:.0f} pairs/s"
-        if self.tty:
-            sys.stderr.write("\r" + line)
-            sys.stderr.flush()
-        elif step % self.every == 0 or step == self.total:
-            logger.info("%s", line)
-
-    def close(self) -> None:
-        if self.tty:
-            sys.stderr.write("\n")
 
 
 def _batch_tensors(run: Run, idx: np.ndarray, device: torch.device) -> Tuple[torch.Tensor, torch.Tensor]:
@@ -261,7 +247,7 @@ def train(run: Run, resume: bool = False) -> Dict[str, Any]:
                 plan.steps_per_epoch, plan.batch, plan.n_hard, device,
                 "encoder frozen: text features computed once" if frozen_encoder else
                 f"{sum(p.numel() for p in run.tower.encoder.parameters() if p.requires_grad)} encoder weights trained")
-    progress = Progress(steps)
+    progress, pair_rate = Progress("training", steps, unit="steps"), PairRate()
     losses: List[float] = []
     interrupted = _Interrupt()
     with interrupted:
@@ -269,15 +255,14 @@ def train(run: Run, resume: bool = False) -> Dict[str, Any]:
             t0 = time.perf_counter()
             idx = plan(step)
             losses.append(_step(run, idx, feats, device, opt, sched, scaler))
-            progress.update(step + 1, losses[-1], len(idx), time.perf_counter() - t0)
+            pair_rate.add(len(idx), time.perf_counter() - t0)
             done = step + 1
+            progress.update(done, force=done == steps, note=f"loss {losses[-1]:.4f}, {pair_rate.rate:.0f} pairs/s")
             if (done % plan.steps_per_epoch == 0 or done == steps) and not interrupted.flag:
                 run.history.append({"step": done, "loss": losses[-1], **evaluate(run)})
             if done % cfg.checkpoint_every == 0 or done == steps or interrupted.flag:
                 save_checkpoint(run, done, opt, sched, scaler)
             if interrupted.flag:
-                progress.close()
                 raise KeyboardInterrupt(f"interrupted after step {done}; --resume continues from there")
-    progress.close()
     return {"steps": steps, "first_loss": losses[0] if losses else None, "final_loss": losses[-1] if losses else None,
-            "pairs_per_s": progress.rate, "text_features_s": feature_seconds, "losses": losses}
+            "pairs_per_s": pair_rate.rate, "text_features_s": feature_seconds, "losses": losses}

@@ -25,7 +25,7 @@ from pathlib import Path
 from typing import Any, Iterator, List, Optional
 
 from .budget import Budget
-from .command import make_parser, parse_args
+from .command import make_parser, parse_args, positive_int
 from .datasets import Dataset, discover
 from .encoders import Model, make_session
 from .images import MAX_DECODE_PIXELS
@@ -44,17 +44,6 @@ SAFETY_MARGIN_S = 120
 DECODE_PIXEL_BUDGET = MAX_DECODE_PIXELS
 DECODE_MODES = ("auto", "inline", "threads")
 EXIT_TERMINATED = 128 + signal.SIGTERM
-
-
-def positive_int(text: str) -> int:
-    """argparse type: an integer >= 1."""
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected an integer >= 1, got {text!r}") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"expected an integer >= 1, got {value}")
-    return value
 
 
 def seconds_arg(text: str) -> float:
@@ -174,6 +163,9 @@ def main(argv: Optional[List[str]] = None) -> int:
     args = parse_args(parser, argv)
     if not args.check and (args.datasets_dir is None or args.out_json is None):
         parser.error("DATASETS_DIR and OUT_JSON are required (or --check)")
+    if args.variant is not None and args.rung is not None:
+        parser.error("--variant and --rung both choose the image encoder's files: give one (--rung NAME picks a rung "
+                     "of the ladder, --variant NAME any variant the manifest lists)")
     if args.check:
         return check(args.model, args.variant)
     started = time.monotonic()

@@ -21,7 +21,8 @@ import numpy as np
 
 from .datasets import list_images
 from .encoders import Model
-from .pipeline import Progress, decode_one
+from .pipeline import decode_one
+from .progress import Progress
 from .scoring import class_logits
 
 logger = logging.getLogger(__name__)
@@ -42,6 +43,14 @@ class Embedded:
     problems: List[str] = field(default_factory=list)
 
 
+RECALL_AT = (1, 5, 10)
+
+
+def recall_at(ranks: np.ndarray, ks: Sequence[int] = RECALL_AT) -> Dict[int, float]:
+    """{k: share of queries whose first right answer has 0-based rank < k} from int (Q,) ``ranks`` (0 when Q = 0)."""
+    return {k: float(np.mean(ranks < k)) if len(ranks) else 0.0 for k in ks}
+
+
 def walk_images(root: Path) -> List[Path]:
     """Image files under ``root`` and its subfolders (hidden ones skipped), sorted by relative path.
 
@@ -55,6 +64,32 @@ def walk_images(root: Path) -> List[Path]:
     for sub in sorted(p for p in root.iterdir() if p.is_dir() and not p.name.startswith(".")):
         found.extend(walk_images(sub))
     return sorted(found, key=lambda p: p.relative_to(root).as_posix())
+
+
+@dataclass
+class Records:
+    """Labelled training records: image paths, label per record, optional text per record."""
+
+    classes: List[str]
+    images: List[Path]
+    labels: List[int]
+    texts: List[str]
+    problems: List[str] = field(default_factory=list)
+
+
+def read_folders(root: Path) -> Records:
+    """Class folders: every image under ``root/<class>/`` is labelled <class>; classes sorted by name."""
+    classes = sorted(p.name for p in root.iterdir() if p.is_dir() and not p.name.startswith("."))
+    images: List[Path] = []
+    labels: List[int] = []
+    problems: List[str] = []
+    for label, name in enumerate(classes):
+        found = walk_images(root / name)
+        if not found:
+            problems.append(f"{root / name}: class folder without images")
+        images.extend(found)
+        labels.extend([label] * len(found))
+    return Records(classes, images, labels, [""] * len(images), problems)
 
 
 def embed_images(model: Model, paths: Sequence[Path], batch_size: Optional[int] = None,

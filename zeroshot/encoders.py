@@ -71,12 +71,12 @@ class Model:
 
     def __init__(self, model_dir: Path, threads: Optional[int] = None, verify: bool = True,
                  variant: Optional[str] = None, spinning: Optional[bool] = None) -> None:
-        """``threads``: onnxruntime intra-op threads (default: the effective CPUs); ``spinning``: see
+        """``threads``: onnxruntime intra-op threads (at most, and by default, the effective CPUs); ``spinning``: see
         :func:`make_session`; ``variant``: a name from the manifest's ``variants`` (e.g. "int8")
         whose files replace the defaults."""
         self.dir = Path(model_dir)
         self.manifest = Manifest.load(self.dir)
-        self.threads = threads or effective_cpus().cpus
+        self.threads = effective_cpus(threads).cpus  # --threads lowers the count, never above what we may use
         self.variant = variant
         img_path = resolve_file(self.manifest, self.dir, "image_encoder", verify, variant)
         txt_path = resolve_file(self.manifest, self.dir, "text_encoder", verify, variant)

@@ -27,49 +27,23 @@ import logging
 import os
 import shutil
 import sys
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Dict, List, Optional
 
 import numpy as np
 
 from .limits import MODEL_DIR
-from .command import make_parser, parse_args
-from .embed import Progress, embed_images, embed_texts, similarity, walk_images
+from .command import make_parser, parse_args, positive_int
+from .embed import Progress, Records, embed_images, embed_texts, read_folders, similarity
 from .encoders import Model
-from .linear import HEAD_KEY, Head, fit_logistic, head_config, head_features
+from .linear import DEFAULT_ITERATIONS, DEFAULT_L2, HEAD_KEY, Head, fit_logistic, head_config, head_features
 from .manifest import MANIFEST_NAME, FileRef, HeadConfig, Manifest, sha256_file
 from .outputs import atomic_open
 
 logger = logging.getLogger(__name__)
 
 HEAD_FILE = "head.npz"
-
-
-@dataclass
-class Records:
-    """Labelled training records: image paths, label per record, optional text per record."""
-
-    classes: List[str]
-    images: List[Path]
-    labels: List[int]
-    texts: List[str]
-    problems: List[str] = field(default_factory=list)
-
-
-def read_folders(root: Path) -> Records:
-    """Class folders: every image under ``root/<class>/`` is labelled <class>; classes sorted by name."""
-    classes = sorted(p.name for p in root.iterdir() if p.is_dir() and not p.name.startswith("."))
-    images: List[Path] = []
-    labels: List[int] = []
-    problems: List[str] = []
-    for label, name in enumerate(classes):
-        found = walk_images(root / name)
-        if not found:
-            problems.append(f"{root / name}: class folder without images")
-        images.extend(found)
-        labels.extend([label] * len(found))
-    return Records(classes, images, labels, [""] * len(images), problems)
 
 
 def read_csv_records(path: Path) -> Records:
@@ -134,8 +108,8 @@ def encode_records(model: Model, records: Records) -> Encoded:
     return Encoded(emb.vectors, emb.features, text_vecs, labels)
 
 
-def train_head(model: Model, classes: List[str], data: Encoded, zero_shot: bool = False, l2: float = 1e-2,
-               iterations: int = 500) -> Head:
+def train_head(model: Model, classes: List[str], data: Encoded, zero_shot: bool = False, l2: float = DEFAULT_L2,
+               iterations: int = DEFAULT_ITERATIONS) -> Head:
     """Fit a head on encoded records; a record with text also counts once without it."""
     cfg = head_config(model.manifest)
     text_dim = 0 if data.texts is None else int(data.texts.shape[1])
@@ -214,13 +188,15 @@ def cmd_train(args: Any) -> int:
 def build_parser() -> Any:
     parser = make_parser("python -m zeroshot.head", __doc__.split("\n")[0])
     parser.add_argument("--model", type=Path, default=MODEL_DIR, help="base model folder (default: %(default)s)")
-    parser.add_argument("--threads", type=int, default=None, help="threads (default: CPUs this process may use)")
+    parser.add_argument("--threads", type=positive_int, default=None,
+                        help="at most this many threads (default, and upper bound: the CPUs this process may use)")
     sub = parser.add_subparsers(dest="command", required=True)
     p = sub.add_parser("train", help="fit a head on DATA and write it into the model folder OUT")
     p.add_argument("data", type=Path, help="a folder of class folders, or a CSV image,label[,text]")
     p.add_argument("out", type=Path, help="model folder to write (the base model's folder or a new one)")
-    p.add_argument("--l2", type=float, default=1e-2, help="L2 penalty on the weights (default: %(default)s)")
-    p.add_argument("--iterations", type=int, default=500, help="gradient steps (default: %(default)s)")
+    p.add_argument("--l2", type=float, default=DEFAULT_L2, help="L2 penalty on the weights (default: %(default)s)")
+    p.add_argument("--iterations", type=positive_int, default=DEFAULT_ITERATIONS,
+                   help="gradient steps (default: %(default)s)")
     p.add_argument("--zero-shot", action="store_true",
                    help="learn a correction added to the zero-shot scores (default: a plain classifier)")
     return parser

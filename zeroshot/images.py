@@ -27,6 +27,8 @@ logger = logging.getLogger(__name__)
 # enforce our own limit on what is actually decoded (after JPEG draft mode).
 Image.MAX_IMAGE_PIXELS = None
 MAX_DECODE_PIXELS = 64_000_000
+# File endings the tools take as images when they scan a folder (the judge's img/ folder is read whole).
+IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff")
 # Formats decoded by the JPEG decoder, which can decode at 1/2, 1/4 or 1/8 scale (draft mode);
 # MPO is a JPEG with extra frames (phone cameras), which Pillow reports under its own name.
 DRAFT_FORMATS = ("JPEG", "MPO")

@@ -32,6 +32,8 @@ from .text import normalize_name
 logger = logging.getLogger(__name__)
 
 HEAD_KEY = "head"
+DEFAULT_L2 = 1e-2          # L2 penalty on the head's weights
+DEFAULT_ITERATIONS = 500   # gradient steps
 
 
 @dataclass
@@ -92,7 +94,7 @@ def head_features(image_feats: np.ndarray, text_vecs: Optional[np.ndarray], imag
 
 
 def fit_logistic(x: np.ndarray, y: np.ndarray, n_classes: int, base: Optional[np.ndarray] = None,
-                 l2: float = 1e-3, iterations: int = 500) -> Dict[str, np.ndarray]:
+                 l2: float = DEFAULT_L2, iterations: int = DEFAULT_ITERATIONS) -> Dict[str, np.ndarray]:
     """Multinomial logistic regression by Nesterov-accelerated gradient descent.
 
     x: float (N, F); y: int (N,) labels in 0..n_classes-1; base: optional float

@@ -30,13 +30,13 @@ from .budget import FULL, PRIOR, TIERS, Budget, cheaper
 from .datasets import Dataset
 from .encoders import Model
 from .images import ImageError, decoded_pixels, load_image, preprocess
+from .progress import Progress
 from .resources import PixelBudget
 from .scoring import class_logits, predict
 
 logger = logging.getLogger(__name__)
 
 LOOKAHEAD_BATCHES = 2
-PROGRESS_EVERY_S = 10.0
 POLL_S = 0.1  # how often a wait for decodes checks the deadline and the stop flag
 
 Decoded = Tuple[Optional[np.ndarray], Optional[str]]
@@ -120,22 +120,6 @@ class _Batch:
     stop: int
     tier: str
     futures: List["Future[Decoded]"]
-
-
-class Progress:
-    """Logs ``done/total`` images and images/s to stderr at most every PROGRESS_EVERY_S seconds."""
-
-    def __init__(self, name: str, total: int) -> None:
-        self.name, self.total = name, total
-        self.start = self.last = time.monotonic()
-
-    def update(self, done: int, force: bool = False) -> None:
-        """Log now if ``force`` or PROGRESS_EVERY_S have passed since the last line."""
-        now = time.monotonic()
-        if force or now - self.last >= PROGRESS_EVERY_S:
-            self.last = now
-            rate = done / max(now - self.start, 1e-9)
-            logger.info("%s: %d/%d images, %.1f images/s", self.name, done, self.total, rate)
 
 
 class _DatasetRun:

@@ -28,8 +28,8 @@ from typing import Any, Dict, List, Optional, Sequence, Tuple
 import numpy as np
 
 from .limits import MODEL_DIR
-from .command import make_parser, parse_args
-from .embed import Progress, embed_images, embed_texts, read_pairs, similarity, walk_images
+from .command import make_parser, parse_args, positive_int
+from .embed import RECALL_AT, Progress, embed_images, embed_texts, read_pairs, recall_at, similarity, walk_images
 from .encoders import Model
 from .manifest import sha256_file, to_dict
 from .outputs import atomic_open
@@ -37,7 +37,6 @@ from .outputs import atomic_open
 logger = logging.getLogger(__name__)
 
 INDEX_FORMAT = 1
-RECALL_AT = (1, 5, 10)
 
 
 @dataclass
@@ -258,8 +257,8 @@ def first_hit_ranks(scores: np.ndarray, relevant: List[List[int]]) -> np.ndarray
 
 
 def recalls(ranks: np.ndarray) -> Dict[str, float]:
-    """recall@K for RECALL_AT from 0-based first-hit ranks (percent)."""
-    return {f"R@{k}": round(100.0 * float(np.mean(ranks < k)) if len(ranks) else 0.0, 2) for k in RECALL_AT}
+    """recall@K for RECALL_AT from 0-based first-hit ranks, in percent ({"R@1": ..., ...})."""
+    return {f"R@{k}": round(100.0 * share, 2) for k, share in recall_at(ranks, RECALL_AT).items()}
 
 
 def evaluate_pairs(model: Model, index: Index, pairs: Sequence[Tuple[str, str]]) -> Dict[str, Any]:
@@ -307,7 +306,8 @@ def build_parser() -> Any:
     parser = make_parser("python -m zeroshot.retrieve", __doc__.split("\n")[0])
     parser.add_argument("--model", type=Path, default=MODEL_DIR, help="model folder (default: %(default)s)")
     parser.add_argument("--variant", default=None, help="a manifest variant whose files replace the defaults")
-    parser.add_argument("--threads", type=int, default=None, help="threads (default: CPUs this process may use)")
+    parser.add_argument("--threads", type=positive_int, default=None,
+                        help="at most this many threads (default, and upper bound: the CPUs this process may use)")
     sub = parser.add_subparsers(dest="command", required=True)
     p = sub.add_parser("index", help="embed every image under IMAGES_DIR into INDEX (unchanged files are reused)")
     p.add_argument("images_dir", type=Path)

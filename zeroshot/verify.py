@@ -39,10 +39,10 @@ from typing import Any, Dict, List, Optional, Sequence, Tuple
 import numpy as np
 
 from .limits import MODEL_DIR
-from .command import make_parser, parse_args
+from .command import make_parser, parse_args, positive_int
 from .embed import embed_images, embed_texts, similarity
 from .encoders import Model
-from .head import read_folders
+from .embed import read_folders
 from .outputs import write_json_atomic
 
 logger = logging.getLogger(__name__)
@@ -271,7 +271,8 @@ def cmd_calibrate(args: Any, model: Model) -> int:
 def build_parser(calibrating: bool) -> Any:
     parser = make_parser("python -m zeroshot.verify", __doc__.split("\n")[0])
     parser.add_argument("--model", type=Path, default=MODEL_DIR, help="model folder (default: %(default)s)")
-    parser.add_argument("--threads", type=int, default=None, help="threads (default: CPUs this process may use)")
+    parser.add_argument("--threads", type=positive_int, default=None,
+                        help="at most this many threads (default, and upper bound: the CPUs this process may use)")
     if calibrating:
         parser.add_argument("command", choices=["calibrate"])
         parser.add_argument("data", type=Path, help="labelled class folders: DATA/<class name>/<images>")
