@@ -2,7 +2,7 @@
 # CPython 3.8 with torch 1.9, numpy 1.20, Pillow 8.3, sentencepiece 0.1.95 and
 # OpenCV, and no onnxruntime. Nothing from this repository goes in: the judge
 # (python -m contest.judge --docker, `make judge-docker`) copies the submission
-# archive in at run time. Two ways to the same image (README, "The Docker judge"):
+# archive in at run time. Two ways to the same image (docs/judge.md, "The Docker judge"):
 #   with a registry:  docker build -t zeroshot-judge - < Dockerfile
 #   offline:          docker build --build-arg BASE=zeroshot-judge-base:<recipe hash> -t zeroshot-judge - < Dockerfile
 # where the offline base is a Debian bookworm minbase root filesystem with CPython 3.8,

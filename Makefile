@@ -72,7 +72,7 @@ train: venv  ## train a text tower on METADATA + IMAGES against IMAGE_MODEL's im
 	  --out $(TRAIN_OUT) $(if $(wildcard $(GT)),--eval $(DATA)) $(TRAIN_ARGS)
 
 EXPORT_OUT ?= dist/exported-model
-export: venv vendor  ## a CLIP-family checkpoint -> EXPORT_OUT, validated: make export ARGS="--from hf DIR" (see README)
+export: venv vendor  ## a CLIP-family checkpoint -> EXPORT_OUT, validated: make export ARGS="--from hf DIR" (see docs/export.md)
 	@if [ -z "$(ARGS)" ]; then echo 'make export: set ARGS, e.g. ARGS="--from open_clip --arch ViT-B-32 --checkpoint FILE"' >&2; exit 2; fi
 	$(PY) -m train.export $(ARGS) --out $(EXPORT_OUT)
 

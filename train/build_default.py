@@ -37,7 +37,7 @@ logger = logging.getLogger(__name__)
 TEMPLATES = ["{}", "фото {}"]
 SCORE = {"similarity": "dot", "logit": "log", "scale": 1.0}  # logits = log(p . w)
 # The text encoder is the concept bank alone: the learned vocabulary head (train/vocab_head.py) and the bank +
-# head mixture (alpha 0.25 / 0.5) were measured with tune_default and lower imbalanced (and px32), see README.
+# head mixture (alpha 0.25 / 0.5) were measured with tune_default and lower imbalanced (and px32), see docs/accuracy.md.
 CONCEPT_SCALE = 20.0
 CONCEPT_TOP_K = 5
 ENGLISH_ENTRIES = False
@@ -45,7 +45,7 @@ BALANCE = {"method": "estimated", "iterations": 3, "rounds": 2, "pseudo_count": 
 # Label propagation of the zero-shot log-probabilities over the images' 10-nearest-neighbour graph before the
 # prototypes (zeroshot.scoring.propagate). Above max_images per dataset the graph (N^2 D) is skipped: 10,000
 # images take about 7 s on one core. Spreading probabilities instead of log-probabilities, and alpha 0.8, each
-# swapped weak classes (holdout -11) on some rung; see the README's yardstick table.
+# swapped weak classes (holdout -11) on some rung; see the yardstick table in docs/accuracy.md.
 PROPAGATE = {"neighbours": 10, "alpha": 0.5, "power": 3.0, "iterations": 20, "max_images": 10000}
 # Refinement scale 30 (was 20) raised or kept every yardstick on every fp32 rung, resampled ones included.
 TRANSDUCTIVE = {"method": "prototypes", "iterations": 10, "weight": 1.0, "scale": 30.0, "center": True,

@@ -111,8 +111,8 @@ def decode_workers(mode: str, cpus: int) -> int:
 
     auto: inline on one CPU, where a decoding pool only takes turns with the
     encoder on the same CPU (measured: a tie within noise; inline queues no
-    decoded batches and stops between two images at the deadline; README,
-    "CPU and memory as the judge's container sets them").
+    decoded batches and stops between two images at the deadline; docs/runtime.md,
+    "CPU and memory in the judge's container").
     """
     if mode == "inline" or (mode == "auto" and cpus == 1):
         return 0

@@ -5,8 +5,9 @@ Some dev classes are merged under an everyday superclass name (транспор�
 инструмент: гаечный ключ + ножницы), so three classes are unions of two to
 four visual clusters; the other classes stay. A few settings of
 ``python -m train.tune_default`` (:func:`settings`: the shipped one, the
-default before issue 12's second wave, and the shipped one without
-propagation, with alpha 0.8 and without transductive steps) are scored on
+default before label propagation, the ensemble rung and refinement scale
+30, and the shipped one without propagation, with alpha 0.8 and without
+transductive steps) are scored on
 the dev and px32 images with these labels, on the whole set and as the mean
 over ten imbalanced resamples, through the runtime's scoring, from
 tune_default's cache.

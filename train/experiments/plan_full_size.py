@@ -5,7 +5,7 @@ Each architecture is written to disk in its family's own format
 in plan mode (``--plan``: quick parity checks, every variant loaded on
 onnxruntime 1.16.3; no dev-set agreement, which means nothing for random
 weights) and planned on one core of this machine. Prints one Markdown table
-per architecture (the README's table) and writes them to ``--out``.
+per architecture (the tables of docs/export.md) and writes them to ``--out``.
 
 Usage: ``python -m train.experiments.plan_full_size --work /tmp/plan --out bench/results/plan_full_size.md``
 """

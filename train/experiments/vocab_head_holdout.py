@@ -1,4 +1,4 @@
-"""Does a learned text -> ImageNet-probability head beat or complement the concept-bank lookup? (issue 13, item 5)
+"""Does a learned text -> ImageNet-probability head beat or complement the concept-bank lookup?
 
 For two vocabularies -- the full bank, and the bank with every dev class name and its
 inflections held out (entries removed, and group/proxy rows naming a dev class dropped) -- this

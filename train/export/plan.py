@@ -141,7 +141,7 @@ def plan(manifest: Manifest, model_dir: Path, vendor: Optional[Path], images: Se
 
 
 def format_table(rows: Sequence[Dict[str, Any]], title: str = "") -> str:
-    """A Markdown table of plan rows (what the CLI prints and the README shows)."""
+    """A Markdown table of plan rows (what the CLI prints and docs/export.md shows)."""
     head = ("| variant | archive MB | images/s (1 core) | ms/prompt | projected s for "
             f"{PLAN_IMAGES} images | verdict | kept |\n|---|---|---|---|---|---|---|\n")
     lines = []
