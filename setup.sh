@@ -13,7 +13,7 @@ self="$0"
 case "$self" in */*) ;; *) [ -e "$self" ] || self="$(command -v -- "$self" || echo "$self")" ;; esac  # found on PATH
 case "$self" in */*) ;; *) self="./$self" ;; esac
 while [ -L "$self" ]; do
-  link="$(readlink "$self")" || { echo "setup.sh: cannot follow the symlink $self (no readlink?)" >&2; exit 1; }
+  link="$(readlink "$self" 2>/dev/null)" || { echo "setup.sh: cannot follow the symlink $self (no readlink?)" >&2; exit 1; }
   case "$link" in /*) self="$link" ;; *) self="${self%/*}/$link" ;; esac
 done
 here="${self%/*}"

@@ -155,8 +155,10 @@ def test_vendor_pin_without_its_wheel_is_refused(tiny_model: Path, tmp_path: Pat
                         "--out", str(tmp_path / "x.zip")]) == 1
 
 
-def test_setup_installs_vendored_wheels_offline_once(tiny_model: Path, tmp_path: Path) -> None:
-    """setup.sh installs from vendor/ only (pip settings ignored), into .deps/py<X.Y>, then does nothing."""
+@pytest.mark.parametrize("shell", ["sh", "bash"])
+def test_setup_installs_vendored_wheels_offline_once(tiny_model: Path, tmp_path: Path, shell: str) -> None:
+    """setup.sh installs from vendor/ only (pip settings ignored), into .deps/py<X.Y>, then does nothing;
+    as ``sh setup.sh`` (dash on Debian) too."""
     vendor = tmp_path / "vendor"
     vendor.mkdir()
     wheel = make_wheel(vendor)
@@ -165,13 +167,13 @@ def test_setup_installs_vendored_wheels_offline_once(tiny_model: Path, tmp_path:
     assert bundle.main(["--model", str(tiny_model), "--vendor", str(vendor), "--out", str(archive)]) == 0
     root = unzip(archive, tmp_path / "unpacked")
     env = dict(os.environ, PYTHON=sys.executable, PIP_INDEX_URL="http://127.0.0.1:9/nowhere",
-               PIP_FIND_LINKS=str(tmp_path / "nowhere"))
-    cmd = (NETWORK or []) + [str(root / "setup.sh")]
-    first = subprocess.run(cmd, capture_output=True, text=True, env=env, cwd="/")
+               PIP_FIND_LINKS=str(tmp_path / "nowhere"), PIP_CONSTRAINT=str(tmp_path / "missing.txt"))
+    cmd = (NETWORK or []) + [shell, "setup.sh"]
+    first = subprocess.run(cmd, capture_output=True, text=True, env=env, cwd=str(root))
     assert first.returncode == 0, first.stderr
     assert "zeroshot_probe-1.0" in first.stderr and "match their sha256" in first.stderr
     assert (root / ".deps" / f"py{PY_TAG}" / "zeroshot_probe.py").is_file()
-    second = subprocess.run(cmd, capture_output=True, text=True, env=env, cwd="/")
+    second = subprocess.run(cmd, capture_output=True, text=True, env=env, cwd=str(root))
     assert second.returncode == 0, second.stderr
     assert "already installed" in second.stderr
 

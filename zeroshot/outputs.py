@@ -165,17 +165,21 @@ class OutputFile:
     """One file rewritten whole again and again, as safely as its kind allows (see the module docstring).
 
     ``what`` names it in messages ("OUT_JSON"). :attr:`how` is ATOMIC,
-    IN_PLACE or STREAM once the first write has found out.
+    IN_PLACE or STREAM once the first write has found out; :attr:`target`,
+    where an atomic write renames to, is resolved once then (a link through
+    /proc/self/fd/1 would lead elsewhere after the first rename).
     """
 
     def __init__(self, path: Path, what: str) -> None:
         self.path = Path(path)
         self.what = what
         self.how: Optional[str] = None
+        self.target = self.path
         self._previous: Optional[bytes] = None
 
     def classify(self) -> str:
-        """How ``path`` can be written; ValueError if it is a directory."""
+        """How ``path`` can be written (and :attr:`target`); ValueError if it is a directory."""
+        self.target = link_target(self.path)
         try:
             info = os.stat(self.path)
         except OSError:  # not there yet (or its folder is not): the atomic write makes it or says why not
@@ -184,9 +188,8 @@ class OutputFile:
             raise ValueError(f"{self.path}: {self.what} is a directory; expected a file path")
         if not stat.S_ISREG(info.st_mode):
             return STREAM
-        target = link_target(self.path)
-        if not target.is_file() or not os.path.samefile(target, self.path):
-            return IN_PLACE  # a /proc/PID/fd/N link to an open file: no folder to rename in
+        if not self.target.is_file() or not os.path.samefile(self.target, self.path):
+            return IN_PLACE  # a /proc/PID/fd/N link to a deleted file: no name to rename onto
         return ATOMIC
 
     def write(self, payload: bytes, durable: bool = True, final: bool = False) -> None:
@@ -204,7 +207,7 @@ class OutputFile:
             return
         if self.how == ATOMIC:
             try:
-                write_bytes_atomic(self.path, payload, durable)
+                write_bytes_atomic(self.target, payload, durable)
                 return
             except OSError as exc:
                 if exc.errno not in IN_PLACE_ERRNOS or not self.path.is_file():
