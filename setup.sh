@@ -8,22 +8,16 @@
 # POSIX sh (dash runs it as `sh setup.sh`; bash, busybox sh too): no bash needed.
 set -eu
 
-# this script's folder, through symlinks and relative paths ($0 as it was called; no dirname needed)
-self="$0"
-case "$self" in */*) ;; *) [ -e "$self" ] || self="$(command -v -- "$self" || echo "$self")" ;; esac  # found on PATH
-case "$self" in */*) ;; *) self="./$self" ;; esac
-while [ -L "$self" ]; do
-  link="$(readlink "$self" 2>/dev/null)" || { echo "setup.sh: cannot follow the symlink $self (no readlink?)" >&2; exit 1; }
-  case "$link" in /*) self="$link" ;; *) self="${self%/*}/$link" ;; esac
-done
-here="${self%/*}"
-here="$(cd "${here:-/}" && pwd -P)"
-
 py="${PYTHON:-$(command -v python3 || command -v python || true)}"
 if [ -z "$py" ]; then
   echo "setup.sh: no python3 or python on PATH (or set PYTHON)" >&2
   exit 1
 fi
+# this script's real folder (through symlinks, relative paths, or PATH as it was called; no readlink -f)
+self="$0"
+case "$self" in */*) ;; *) [ -e "$self" ] || self="$(command -v -- "$self" || echo "$self")" ;; esac
+here="$("$py" -c 'import os, sys
+sys.stdout.buffer.write(os.fsencode(os.path.dirname(os.path.realpath(sys.argv[1]))))' "$self")"
 pyver="$("$py" -c 'import sys; print("%d.%d" % sys.version_info[:2])')"
 deps="${here}/.deps/py${pyver}"
 req="${here}/vendor/requirements-py${pyver}.txt"
