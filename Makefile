@@ -38,7 +38,7 @@ venv: .venv/.stamp  ## the build/test environment in .venv
 # its data, and the pip-installed weights (via .venv/.stamp)
 MODEL_SOURCES := $(addprefix train/,__init__.py build_default.py concepts.py contract.py image_encoder.py \
 	manifest_io.py onnx_compat.py text_encoder.py use_m.py) \
-	$(addprefix zeroshot/,__init__.py command.py encoders.py images.py linear.py manifest.py resources.py scoring.py text.py) \
+	$(addprefix zeroshot/,__init__.py command.py datasets.py encoders.py images.py linear.py manifest.py resources.py scoring.py text.py) \
 	$(wildcard train/vocab/*.tsv)
 
 model/manifest.json: .venv/.stamp $(MODEL_SOURCES)
