@@ -38,7 +38,7 @@ venv: .venv/.stamp  ## the build/test environment in .venv
 # its data, and the pip-installed weights (via .venv/.stamp)
 MODEL_SOURCES := $(addprefix train/,__init__.py build_default.py concepts.py contract.py image_encoder.py \
 	manifest_io.py onnx_compat.py text_encoder.py use_m.py) \
-	$(addprefix zeroshot/,__init__.py command.py encoders.py images.py linear.py manifest.py resources.py scoring.py text.py) \
+	$(addprefix zeroshot/,__init__.py command.py datasets.py encoders.py images.py linear.py manifest.py resources.py scoring.py text.py) \
 	$(wildcard train/vocab/*.tsv)
 
 model/manifest.json: .venv/.stamp $(MODEL_SOURCES)
@@ -87,7 +87,7 @@ JUDGE_SCORING = $(if $(wildcard $(GT)),--gt $(GT)) $(if $(REF),--reference $(REF
 judge: bundle  ## run BUNDLE like the organisers on DATA: no network, 1 CPU (pin + 1-CPU cgroup quota when root), 8 GB, 23 min; report.json kept; REF=preds.json to compare
 	$(PY) -m contest.judge $(BUNDLE) $(DATA) --python $(JUDGE_PYTHON) --out-dir dist/judge $(JUDGE_SCORING)
 
-judge-docker: bundle  ## the same in a container: docker run --cpus=1 --memory=8g --network=none (starts dockerd, builds the image)
+judge-docker: bundle  ## the same in a container: docker run --cpus=1 --memory=8g --network=none (starts dockerd if none runs and leaves it running: see its pid line; builds the image)
 	$(PY) -m contest.judge --docker $(BUNDLE) $(DATA) --out-dir dist/judge-docker $(JUDGE_SCORING)
 
 clean:  ## remove generated files

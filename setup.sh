@@ -1,25 +1,42 @@
-#!/usr/bin/env bash
+#!/bin/sh
 # The judge runs ./setup.sh with no arguments, offline, before predict.sh.
 # Installs the wheels named in vendor/requirements-py<X.Y>.txt from vendor/ only
 # (pip --no-index, never the network; pip's own config and PIP_* settings are
 # ignored) into .deps/py<X.Y>/ inside this folder, where predict.sh looks.
 # Idempotent: a second run with the same vendor/ files installs nothing.
 # Ends by checking that the model loads (predict.py --check).
-set -euo pipefail
-here="$(cd "$(dirname "$(readlink -f "${BASH_SOURCE[0]}")")" && pwd)"  # through symlinks too
-py="${PYTHON:-$(command -v python3 || command -v python)}"
+# POSIX sh (dash runs it as `sh setup.sh`; bash, busybox sh too): no bash needed.
+set -eu
+
+py="${PYTHON:-$(command -v python3 || command -v python || true)}"
+if [ -z "$py" ]; then
+  echo "setup.sh: no python3 or python on PATH (or set PYTHON)" >&2
+  exit 1
+fi
+# this script's real folder (through symlinks, relative paths, or PATH as it was called; no readlink -f)
+self="$0"
+case "$self" in */*) ;; *) [ -e "$self" ] || self="$(command -v -- "$self" || echo "$self")" ;; esac
+here="$("$py" -c 'import os, sys
+sys.stdout.buffer.write(os.fsencode(os.path.dirname(os.path.realpath(sys.argv[1]))))' "$self")"
 pyver="$("$py" -c 'import sys; print("%d.%d" % sys.version_info[:2])')"
 deps="${here}/.deps/py${pyver}"
 req="${here}/vendor/requirements-py${pyver}.txt"
 stamp="${deps}/.installed-from"
 
+has_wheels() {
+  for wheel in "${here}"/vendor/*.whl; do
+    [ -e "$wheel" ] && return 0
+  done
+  return 1
+}
+
 install_vendored() {
-  local tmp="${here}/.deps/.py${pyver}.partial"
+  tmp="${here}/.deps/.py${pyver}.partial"
   rm -rf "${tmp}"
   mkdir -p "${tmp}"
   echo "setup.sh: installing ${req#"${here}/"} for Python ${pyver} (${py}) into ${deps} (no network)" >&2
-  for var in $(compgen -e); do
-    if [[ "${var}" == PIP_* ]]; then unset "${var}"; fi
+  for var in $(env | sed -n 's/^\(PIP_[A-Za-z0-9_]*\)=.*/\1/p'); do
+    unset "${var}"
   done
   PIP_CONFIG_FILE=/dev/null "$py" -m pip install --no-index --find-links "${here}/vendor" --no-deps \
     --only-binary=:all: --target "${tmp}" --no-compile --no-warn-script-location --no-cache-dir \
@@ -29,14 +46,14 @@ install_vendored() {
   mv "${tmp}" "${deps}"
 }
 
-if compgen -G "${here}/vendor/*.whl" >/dev/null; then
-  if [[ ! -f "${req}" ]]; then
-    have="$(cd "${here}/vendor" && ls requirements-py*.txt 2>/dev/null | tr '\n' ' ')"
+if has_wheels; then
+  if [ ! -f "${req}" ]; then
+    have="$(cd "${here}/vendor" && ls requirements-py*.txt 2>/dev/null | tr '\n' ' ' || true)"
     echo "setup.sh: vendor/ has no requirements-py${pyver}.txt for this Python (${py}); it has: ${have:-none}." \
       "Rebuild vendor/ with: python -m contest.vendor --python ${pyver}" >&2
     exit 1
   fi
-  if [[ -f "${stamp}" ]] && cmp -s "${req}" "${stamp}"; then
+  if [ -f "${stamp}" ] && cmp -s "${req}" "${stamp}"; then
     echo "setup.sh: vendored wheels already installed for Python ${pyver} in ${deps}" >&2
   else
     install_vendored

@@ -6,8 +6,10 @@ apply; the sandbox is a real container instead of unshare/taskset/prlimit.
 
 1. The engine: ``docker version`` must answer; if not, and this is root with a
    ``dockerd`` installed (Debian: ``apt-get install docker.io``), dockerd is
-   started in the background (and left running). Otherwise the judge stops with
-   the reason (exit 2).
+   started in the background and left running for the next run: the judge says
+   so, with its pid and how to stop it (``kill PID``). Otherwise the judge stops
+   with the reason (exit 2). :func:`engine_for` is the engine for a block (the
+   tests' session): a dockerd it started is stopped at the end.
 2. The image: the Dockerfile built on ``python:3.8-slim`` when that image is here
    or can be pulled, else on the offline base: a Debian minbase root filesystem
    with a CPython 3.8 copied in (contest/judge_base.sh, ``docker import``ed as
@@ -39,9 +41,10 @@ import tempfile
 import time
 import uuid
 import zipfile
+from contextlib import contextmanager
 from dataclasses import asdict
 from pathlib import Path
-from typing import Any, Dict, List, Optional
+from typing import Any, Dict, Iterator, List, Optional
 
 from zeroshot.limits import REPO_ROOT
 from zeroshot.report import read_report
@@ -58,6 +61,7 @@ JUDGE_IMAGE = "zeroshot-judge"
 BASE_PYTHON = Path("/root/.pyenv/versions/3.8.18")
 DOCKERD_LOG = Path(tempfile.gettempdir()) / "zeroshot-dockerd.log"
 ENGINE_START_S = 60.0
+ENGINE_STOP_S = 30.0
 PULL_TIMEOUT_S = 300.0
 TAG_CHARS = 16
 GIB = 1 << 30  # docker's "8g" (--memory-gb 8 becomes --memory=8g, 8 GiB, as the organisers' flags read)
@@ -71,6 +75,7 @@ CGROUP_ROOT = Path("/sys/fs/cgroup")
 INSIDE_PEAK = ("cat /sys/fs/cgroup/memory/memory.max_usage_in_bytes 2>/dev/null"
                " || cat /sys/fs/cgroup/memory.peak")
 THREADS_LOGGED = re.compile(r"(\d+) threads")
+_STARTED: Dict[int, subprocess.Popen] = {}  # the dockerd processes started here, by pid
 
 PROBE = """
 import json
@@ -174,7 +179,9 @@ def start_dockerd(dockerd: str, log_path: Path) -> Dict[str, Any]:
     while time.monotonic() < deadline:
         version = engine_version()
         if version:
-            logger.info("dockerd %s answers (pid %d)", version, proc.pid)
+            _STARTED[proc.pid] = proc
+            logger.info("dockerd %s answers (pid %d); it keeps running after this run: stop it with 'kill %d'",
+                        version, proc.pid, proc.pid)
             return {"server": version, "started": True, "pid": proc.pid, "log": str(log_path)}
         if proc.poll() is not None:
             tail = log_path.read_text(errors="replace").splitlines()[-5:]
@@ -183,6 +190,32 @@ def start_dockerd(dockerd: str, log_path: Path) -> Dict[str, Any]:
         time.sleep(1.0)
     raise EngineUnavailable(f"{dockerd} (pid {proc.pid}) did not answer within {ENGINE_START_S:.0f} s; "
                             f"see {log_path}")
+
+
+def stop_engine(engine: Dict[str, Any]) -> None:
+    """Stop the dockerd that :func:`ensure_engine` started for ``engine`` (nothing for an engine found running):
+    SIGTERM, then SIGKILL after ENGINE_STOP_S seconds."""
+    proc = _STARTED.pop(engine.get("pid", -1), None) if engine.get("started") else None
+    if proc is None:
+        return
+    proc.terminate()
+    try:
+        proc.wait(timeout=ENGINE_STOP_S)
+    except subprocess.TimeoutExpired:
+        logger.warning("dockerd (pid %d) did not stop within %.0f s of SIGTERM: killing it", proc.pid, ENGINE_STOP_S)
+        proc.kill()
+        proc.wait()
+    logger.info("stopped the dockerd started here (pid %d, exit %s)", proc.pid, proc.returncode)
+
+
+@contextmanager
+def engine_for(start: bool = True, log_path: Path = DOCKERD_LOG) -> Iterator[Dict[str, Any]]:
+    """An engine for the block: the running one, or a dockerd started here (root only) and stopped at the end."""
+    engine = ensure_engine(start, log_path)
+    try:
+        yield engine
+    finally:
+        stop_engine(engine)
 
 
 def image_id(tag: str) -> Optional[str]:
@@ -512,7 +545,9 @@ def format_docker(summary: Dict[str, Any]) -> str:
     """The container lines printed above judge.format_summary's table."""
     info = summary.get("docker") or {}
     engine = info.get("engine", {})
-    lines = [f"docker       engine {engine.get('server', '?')}{' (started here)' if engine.get('started') else ''}; "
+    started = f" (started here, pid {engine['pid']}, still running: stop it with 'kill {engine['pid']}')" \
+        if engine.get("started") else ""
+    lines = [f"docker       engine {engine.get('server', '?')}{started}; "
              f"image {info.get('image', '?')} FROM {info.get('base', '?')}; {' '.join(info.get('run', []))}"]
     packages = (summary.get("inside") or {}).get("image_packages") or {}
     if packages:

@@ -16,7 +16,7 @@ import subprocess
 import sys
 import zipfile
 from pathlib import Path
-from typing import Dict, List, Tuple
+from typing import Dict, Iterator, List, Tuple
 
 import pytest
 
@@ -155,8 +155,10 @@ def test_vendor_pin_without_its_wheel_is_refused(tiny_model: Path, tmp_path: Pat
                         "--out", str(tmp_path / "x.zip")]) == 1
 
 
-def test_setup_installs_vendored_wheels_offline_once(tiny_model: Path, tmp_path: Path) -> None:
-    """setup.sh installs from vendor/ only (pip settings ignored), into .deps/py<X.Y>, then does nothing."""
+@pytest.mark.parametrize("shell", ["sh", "bash"])
+def test_setup_installs_vendored_wheels_offline_once(tiny_model: Path, tmp_path: Path, shell: str) -> None:
+    """setup.sh installs from vendor/ only (pip settings ignored), into .deps/py<X.Y>, then does nothing;
+    as ``sh setup.sh`` (dash on Debian) too."""
     vendor = tmp_path / "vendor"
     vendor.mkdir()
     wheel = make_wheel(vendor)
@@ -165,13 +167,13 @@ def test_setup_installs_vendored_wheels_offline_once(tiny_model: Path, tmp_path:
     assert bundle.main(["--model", str(tiny_model), "--vendor", str(vendor), "--out", str(archive)]) == 0
     root = unzip(archive, tmp_path / "unpacked")
     env = dict(os.environ, PYTHON=sys.executable, PIP_INDEX_URL="http://127.0.0.1:9/nowhere",
-               PIP_FIND_LINKS=str(tmp_path / "nowhere"))
-    cmd = (NETWORK or []) + [str(root / "setup.sh")]
-    first = subprocess.run(cmd, capture_output=True, text=True, env=env, cwd="/")
+               PIP_FIND_LINKS=str(tmp_path / "nowhere"), PIP_CONSTRAINT=str(tmp_path / "missing.txt"))
+    cmd = (NETWORK or []) + [shell, "setup.sh"]
+    first = subprocess.run(cmd, capture_output=True, text=True, env=env, cwd=str(root))
     assert first.returncode == 0, first.stderr
     assert "zeroshot_probe-1.0" in first.stderr and "match their sha256" in first.stderr
     assert (root / ".deps" / f"py{PY_TAG}" / "zeroshot_probe.py").is_file()
-    second = subprocess.run(cmd, capture_output=True, text=True, env=env, cwd="/")
+    second = subprocess.run(cmd, capture_output=True, text=True, env=env, cwd=str(root))
     assert second.returncode == 0, second.stderr
     assert "already installed" in second.stderr
 
@@ -378,14 +380,8 @@ def test_docker_runtime_threads_from_report_or_log(tmp_path: Path) -> None:
     assert docker_judge.runtime_threads(None, tmp_path / "none.log") is None
 
 
-def _docker_unavailable() -> str:
-    """Why the tiny archive cannot run in a container here ('' when it can: engine and base image at hand)."""
-    if not _vendored_for("3.8"):
-        return _no_wheels_reason("3.8")
-    try:
-        docker_judge.ensure_engine()
-    except docker_judge.EngineUnavailable as exc:
-        return f"no Docker engine: {exc}"
+def _base_unavailable() -> str:
+    """Why the judge image cannot be had from the running engine ('' when it can)."""
     if docker_judge.image_id(docker_judge.REGISTRY_BASE):
         return ""
     python = docker_judge.BASE_PYTHON
@@ -397,11 +393,61 @@ def _docker_unavailable() -> str:
     return ""
 
 
-@pytest.fixture(scope="module")
-def docker_engine() -> None:
-    reason = _docker_unavailable()
-    if reason:
-        pytest.skip(reason)
+@pytest.fixture(scope="session")
+def docker_engine() -> Iterator[Dict]:
+    """An engine for the Docker tests: the running one, or a dockerd started for them and stopped after the
+    session (never left running by ``make test``)."""
+    if not _vendored_for("3.8"):
+        pytest.skip(_no_wheels_reason("3.8"))
+    try:
+        with docker_judge.engine_for() as engine:
+            reason = _base_unavailable()
+            if reason:
+                pytest.skip(reason)
+            yield engine
+    except docker_judge.EngineUnavailable as exc:
+        pytest.skip(f"no Docker engine: {exc}")
+
+
+FAKE_DOCKERD = """#!/bin/sh
+echo $$ > "$FAKE_DOCKER_STATE/pid"
+touch "$FAKE_DOCKER_STATE/up"
+trap 'rm -f "$FAKE_DOCKER_STATE/up"; exit 0' TERM
+while :; do sleep 0.1; done
+"""
+FAKE_DOCKER = """#!/bin/sh
+[ "$1" = version ] && [ -e "$FAKE_DOCKER_STATE/up" ] && echo 99.0-fake && exit 0
+exit 1
+"""
+
+
+def test_a_dockerd_started_for_the_tests_is_stopped_after_them(tmp_path: Path, monkeypatch, caplog) -> None:
+    """With stand-ins for docker and dockerd: engine_for (the docker_engine fixture) starts the engine in its
+    own session, says how to stop it, and stops it when the block ends; ensure_engine alone leaves it running."""
+    bin_dir, state = tmp_path / "bin", tmp_path / "state"
+    bin_dir.mkdir()
+    state.mkdir()
+    for name, text in (("dockerd", FAKE_DOCKERD), ("docker", FAKE_DOCKER)):
+        (bin_dir / name).write_text(text)
+        (bin_dir / name).chmod(0o755)
+    monkeypatch.setenv("PATH", f"{bin_dir}:{os.environ['PATH']}")
+    monkeypatch.setenv("FAKE_DOCKER_STATE", str(state))
+    monkeypatch.delenv("DOCKER_HOST", raising=False)
+    monkeypatch.setattr(os, "geteuid", lambda: 0)
+    with docker_judge.engine_for(log_path=tmp_path / "dockerd.log") as engine:
+        assert engine["started"] and engine["server"] == "99.0-fake"
+        pid = engine["pid"]
+        assert os.getsid(pid) == pid  # its own session: it would outlive the tests
+        assert f"stop it with 'kill {pid}'" in caplog.text
+        assert f"stop it with 'kill {pid}'" in docker_judge.format_docker({"docker": {"engine": engine}})
+    assert not (state / "up").exists() and f"stopped the dockerd started here (pid {pid}" in caplog.text
+    with pytest.raises(ProcessLookupError):
+        os.kill(pid, 0)
+    with docker_judge.engine_for(log_path=tmp_path / "dockerd.log") as again:
+        assert again["started"] and again["pid"] != pid
+        with docker_judge.engine_for() as running:  # an engine that answers is used, and not stopped
+            assert not running["started"]
+        assert (state / "up").exists()
 
 
 def test_docker_judge_runs_the_archive_in_a_container(docker_engine, vendored_archive: Path, datasets,

@@ -107,8 +107,13 @@ def test_unwritable_out_json_fails_before_loading_the_model(tmp_path: Path, capl
     assert "no_model" not in caplog.text  # nothing was loaded
 
 
-def test_sigterm_leaves_a_complete_json_and_a_report(tiny_model: Path, tmp_path: Path,
-                                                     monkeypatch: pytest.MonkeyPatch) -> None:
+@pytest.mark.parametrize("signum,exit_code", [(signal.SIGTERM, 143), (signal.SIGINT, 130)])
+def test_sigterm_and_sigint_leave_a_complete_json_and_a_report(tiny_model: Path, tmp_path: Path,
+                                                               monkeypatch: pytest.MonkeyPatch, caplog,
+                                                               signum: int, exit_code: int) -> None:
+    """SIGTERM, and Ctrl-C alike (issue 20): the current dataset finishes on the prior tier, the JSON holds
+    every image, exit 128 + the signal, one line; the previous handler is back afterwards."""
+    previous = signal.getsignal(signum)
     root = tmp_path / "data"
     truth = {"a": make_dataset(root, "a", ["x", "y"], 60, seed=1), "b": make_dataset(root, "b", ["p", "q"], 10)}
     decode = pipeline.decode_one
@@ -121,17 +126,20 @@ def test_sigterm_leaves_a_complete_json_and_a_report(tiny_model: Path, tmp_path:
     out, report = tmp_path / "o.json", tmp_path / "r.json"
 
     def kill_once_running() -> None:
-        while not report.exists():
+        while not report.exists() or "threads" not in report.read_text():  # written before and after loading
             time.sleep(0.005)
         time.sleep(0.2)
-        os.kill(os.getpid(), signal.SIGTERM)
+        os.kill(os.getpid(), signum)
 
     killer = threading.Thread(target=kill_once_running)
     killer.start()
     code = cli.main([str(root), str(out), "--model", str(tiny_model), "--batch-size", "4", "--decode", "inline",
                      "--report", str(report)])
     killer.join()
-    assert code == cli.EXIT_TERMINATED
+    assert code == exit_code and cli.EXIT_TERMINATED == 143 and cli.EXIT_INTERRUPTED == 130
+    name = signal.Signals(signum).name
+    assert caplog.text.count(f"{name}: stopping; the JSON keeps the best answer so far") == 1
+    assert "Traceback" not in caplog.text and signal.getsignal(signum) is previous
     preds = read_json(out)
     assert {k: sorted(v) for k, v in preds.items()} == {k: sorted(v) for k, v in truth.items()}
     rep = read_json(report)

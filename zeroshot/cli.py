@@ -3,12 +3,16 @@
 Exit codes: 0 once the JSON is written (problems with single images or
 datasets are logged as warnings), 1 with ``--strict`` when there were such
 problems (the JSON is still written), 2 when nothing could be predicted
-(no model, unreadable datasets folder, OUT_JSON not writable), 143 after a
-SIGTERM (the JSON on disk then holds the best answer so far).
+(no model, unreadable datasets folder, OUT_JSON not writable) or when the
+final answer could not be written (the file then keeps the last complete
+answer that could), 143 after SIGTERM and 130 after SIGINT (Ctrl-C): the
+JSON then holds the best answer so far.
 
 OUT_JSON is complete from the first seconds: every image is first written
-with its dataset's prior class, and the file is atomically replaced after
-each dataset with the real predictions.
+with its dataset's prior class, and the file is replaced after each dataset
+with the real predictions (atomically where the file system allows it; see
+zeroshot/outputs.py). A write that fails on the way (a full disk) is logged
+and tried again after the next dataset and at the end.
 """
 
 from __future__ import annotations
@@ -44,6 +48,9 @@ SAFETY_MARGIN_S = 120
 DECODE_PIXEL_BUDGET = MAX_DECODE_PIXELS
 DECODE_MODES = ("auto", "inline", "threads")
 EXIT_TERMINATED = 128 + signal.SIGTERM
+EXIT_INTERRUPTED = 128 + signal.SIGINT
+EXIT_NOT_WRITTEN = 2
+STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT)
 
 
 def seconds_arg(text: str) -> float:
@@ -119,24 +126,35 @@ def decode_workers(mode: str, cpus: int) -> int:
     return cpus
 
 
+class StopRequest(threading.Event):
+    """Set by SIGTERM or SIGINT; :attr:`signum` says which (the exit code is 128 + it)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.signum: Optional[int] = None
+
+
 @contextmanager
-def stop_on_sigterm() -> Iterator[threading.Event]:
-    """An event set by SIGTERM while the block runs (the pipeline then finishes the current dataset
-    on the prior tier and stops); the previous handler is restored afterwards."""
-    stop = threading.Event()
+def stop_on_signals() -> Iterator[StopRequest]:
+    """An event set by SIGTERM or SIGINT (Ctrl-C) while the block runs (the pipeline then finishes the
+    current dataset on the prior tier and stops); the previous handlers are restored afterwards."""
+    stop = StopRequest()
     if threading.current_thread() is not threading.main_thread():
         yield stop
         return
 
     def handler(signum: int, frame: Any) -> None:
-        logger.warning("SIGTERM: stopping; the JSON keeps the best answer so far")
+        if not stop.is_set():
+            logger.warning("%s: stopping; the JSON keeps the best answer so far", signal.Signals(signum).name)
+            stop.signum = signum
         stop.set()
 
-    previous = signal.signal(signal.SIGTERM, handler)
+    previous = {signum: signal.signal(signum, handler) for signum in STOP_SIGNALS}
     try:
         yield stop
     finally:
-        signal.signal(signal.SIGTERM, previous)
+        for signum, old in previous.items():
+            signal.signal(signum, old)
 
 
 def initial_predictions(datasets: List[Dataset]) -> Predictions:
@@ -171,19 +189,21 @@ def main(argv: Optional[List[str]] = None) -> int:
     started = time.monotonic()
     if not return_freed_memory():
         logger.info("no glibc mallopt here: freed image memory may stay with its decoding thread")
-    try:
-        datasets, problems = discover(args.datasets_dir)
-        out = PredictionsFile(args.out_json)
-        out.start(initial_predictions(datasets))
-    except (OSError, ValueError) as exc:
-        logger.error("%s", exc)
-        return 2
-    with stop_on_sigterm() as stop:
-        return predict_all(args, datasets, problems, out, stop, started)
+    with stop_on_signals() as stop:
+        try:
+            datasets, problems = discover(args.datasets_dir)
+            out = PredictionsFile(args.out_json)
+            out.start(initial_predictions(datasets))
+        except (OSError, ValueError) as exc:
+            logger.error("%s", exc)
+            return 2
+        report = RunReport(args.report)
+        report.start()
+        return predict_all(args, datasets, problems, out, report, stop, started)
 
 
 def predict_all(args: argparse.Namespace, datasets: List[Dataset], problems: List[str], out: PredictionsFile,
-                stop: threading.Event, started: float) -> int:
+                report: RunReport, stop: StopRequest, started: float) -> int:
     """Load the model, predict every dataset into ``out`` and the report; the exit code."""
     for problem in problems:
         logger.warning("%s", problem)
@@ -202,9 +222,9 @@ def predict_all(args: argparse.Namespace, datasets: List[Dataset], problems: Lis
                     total_prompts=prompts, total_datasets=len(datasets))
     workers = decode_workers(args.decode, limit.cpus)
     decode = "inline" if workers == 0 else f"{workers} threads"
-    report = RunReport(args.report, {"threads": limit.cpus, "cpu_source": limit.source, "cpu_detail": limit.detail,
-                                     "decode": decode, "model": {"name": model.manifest.name,
-                                                                 "dir": str(args.model), "variant": model.variant}})
+    report.describe({"threads": limit.cpus, "cpu_source": limit.source, "cpu_detail": limit.detail,
+                     "decode": decode, "model": {"name": model.manifest.name,
+                                                 "dir": str(args.model), "variant": model.variant}})
     logger.info("%d datasets, %d images, model %s, %d threads (%s: %s), decoding %s, budget %.0f s",
                 len(datasets), total, args.model, limit.cpus, limit.source, limit.detail, decode, args.time_budget)
 
@@ -218,15 +238,18 @@ def predict_all(args: argparse.Namespace, datasets: List[Dataset], problems: Lis
                       Decoder(workers, PixelBudget(DECODE_PIXEL_BUDGET)), on_result, stop)
     elapsed = time.monotonic() - started
     all_problems = problems + [p for r in results for p in r.problems]
-    out.finish()
+    written = out.finish()
     report.finish("stopped" if stop.is_set() else "done", elapsed, budget.describe(), problems)
-    report.write(durable=True)
-    logger.info("wrote %s: %d datasets, %d images in %.1f s (%.1f images/s)", args.out_json, len(results),
-                total, elapsed, total / max(elapsed, 1e-9))
+    report.write(final=True)
+    if written:
+        logger.info("wrote %s: %d datasets, %d images in %.1f s (%.1f images/s)", args.out_json, len(results),
+                    total, elapsed, total / max(elapsed, 1e-9))
     if all_problems:
         logger.warning("%d problems (see warnings above)", len(all_problems))
+    if not written:
+        return EXIT_NOT_WRITTEN
     if stop.is_set():
-        return EXIT_TERMINATED
+        return 128 + (stop.signum or signal.SIGTERM)
     return 1 if (args.strict and all_problems) else 0
 
 

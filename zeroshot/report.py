@@ -12,7 +12,10 @@ One JSON object (schema version ``REPORT_VERSION``)::
                             "tiers": {"full", "fast", "prior"}, "problems": [...]}},
      "problems": [...]}
 
-It is rewritten after each dataset like the predictions. The local judges
+It is written before any work (an unwritable path is said in one line, and
+the run goes on without a report), then rewritten after each dataset like the
+predictions (zeroshot.outputs.OutputFile: atomically where it can be); a write
+that fails later is a warning, never the end of the run. The local judges
 (contest/judge.py, and its Docker variant) pass ``--report`` and read it back
 with :func:`read_report` and :func:`format_report_lines`.
 """
@@ -20,11 +23,14 @@ with :func:`read_report` and :func:`format_report_lines`.
 from __future__ import annotations
 
 import json
+import logging
 import sys
 from pathlib import Path
 from typing import Any, Dict, List, Optional
 
-from .outputs import write_json_atomic
+from .outputs import OutputFile, json_bytes, os_error_text
+
+logger = logging.getLogger(__name__)
 
 REPORT_VERSION = 1
 PACKAGES = ("numpy", "onnxruntime", "PIL", "sentencepiece", "tokenizers")
@@ -51,13 +57,32 @@ def dataset_entry(result: Any) -> Dict[str, Any]:
 
 
 class RunReport:
-    """Collects the run report and writes it (atomically) to ``path`` when there is one."""
+    """Collects the run report and writes it to ``path`` when there is one (and while it can be written)."""
 
-    def __init__(self, path: Optional[Path], header: Dict[str, Any]) -> None:
+    def __init__(self, path: Optional[Path], header: Optional[Dict[str, Any]] = None) -> None:
         self.path = path
-        self.data: Dict[str, Any] = {"version": REPORT_VERSION, "status": "running", **header,
+        self.file = OutputFile(path, "the run report") if path is not None else None
+        self.failing = False  # the last write failed (warned once until one succeeds again)
+        self.data: Dict[str, Any] = {"version": REPORT_VERSION, "status": "running", **(header or {}),
                                      "python": "%d.%d.%d" % sys.version_info[:3], "packages": package_versions(),
                                      "datasets": {}, "problems": []}
+
+    def start(self) -> bool:
+        """The first write, before any work; if it fails, one line says so and the run goes on without a report."""
+        if self.file is None:
+            return True
+        try:
+            self.file.write(json_bytes(self.data), durable=False)
+        except (OSError, ValueError) as exc:
+            reason = os_error_text(exc) if isinstance(exc, OSError) else str(exc)
+            logger.error("--report %s: cannot write it (%s): predicting without a run report", self.path, reason)
+            self.file = None
+            return False
+        return True
+
+    def describe(self, header: Dict[str, Any]) -> None:
+        """Add what is known once the model is loaded (threads, CPU source, decoding, model)."""
+        self.data.update(header)
 
     def add_dataset(self, result: Any) -> None:
         self.data["datasets"][result.name] = dataset_entry(result)
@@ -67,9 +92,19 @@ class RunReport:
         self.data.update(status=status, seconds=round(seconds, 3), images=images, budget=budget,
                          images_per_s=round(images / seconds, 2) if seconds > 0 else None, problems=list(problems))
 
-    def write(self, durable: bool = False) -> None:
-        if self.path is not None:
-            write_json_atomic(self.path, self.data, durable)
+    def write(self, final: bool = False) -> None:
+        """Rewrite the report (``final``: synced, and the one write a stream gets); a failure is a warning."""
+        if self.file is None:
+            return
+        try:
+            self.file.write(json_bytes(self.data), durable=final, final=final)
+        except OSError as exc:
+            if not self.failing:
+                logger.warning("--report %s: cannot write it (%s); trying again after the next dataset",
+                               self.path, os_error_text(exc))
+            self.failing = True
+            return
+        self.failing = False
 
 
 def read_report(path: Path) -> Dict[str, Any]:
