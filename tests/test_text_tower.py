@@ -202,3 +202,20 @@ def test_cli_trains_evaluates_exports_and_predict_sh_runs(tmp_path: Path, contes
     before = (model / "text_encoder.onnx").read_bytes()
     assert main(_args(contest_data, tiny_model, out, "--steps", "6", "--stage", "export")) == 0
     assert (model / "text_encoder.onnx").read_bytes() == before
+
+
+def test_export_keeps_the_image_models_rungs_with_their_sizes(tmp_path: Path) -> None:
+    """A rung at another input size stays at that size in the exported folder, and the ladder comes along."""
+    from types import SimpleNamespace
+
+    from train.tiny_model import build_tiny_model
+    from train.tower_export import _copy_image_files
+
+    image_model = tmp_path / "image_model"
+    manifest = build_tiny_model(image_model, ladder=True)
+    out = tmp_path / "out"
+    out.mkdir()
+    files, variants, extras = _copy_image_files(SimpleNamespace(manifest=manifest, image_model=image_model), out)
+    assert set(variants) == set(manifest.ladder) == {"small", "large"}
+    assert extras["small"]["image"] == {"size": 16, "fast_size": 16}
+    assert (out / files["image_encoder"]).is_file()

@@ -47,18 +47,24 @@ def export_text_tower(tower: TextTower, path: Path, tokenizer: Tokenizer, check_
     return record
 
 
-def _copy_image_files(run: Run, model: Path) -> Tuple[Dict[str, str], Dict[str, Dict[str, str]]]:
-    """Copy the image model's image encoder (and image-only variants) into ``model``; (files, variants)."""
+def _copy_image_files(run: Run, model: Path) -> Tuple[Dict[str, str], Dict[str, Dict[str, str]], Dict[str, Any]]:
+    """Copy the image model's image encoder and its image-only variants into ``model``.
+
+    Returns (files, variants, extras): each variant keeps its own ``image`` settings and description, so a rung
+    at 260 px still runs at 260 px in the new folder.
+    """
     src = run.manifest
     names = {"image_encoder": src.files["image_encoder"].path}
     variants: Dict[str, Dict[str, str]] = {}
+    extras: Dict[str, Any] = {}
     for vname, variant in src.variants.items():
         if set(variant.files) == {"image_encoder"}:
             variants[vname] = {"image_encoder": variant.files["image_encoder"].path}
+            extras[vname] = {"image": dict(variant.image), "description": variant.description}
     for rel in {names["image_encoder"], *(v["image_encoder"] for v in variants.values())}:
         (model / rel).parent.mkdir(parents=True, exist_ok=True)
         shutil.copyfile(run.image_model / rel, model / rel)
-    return names, variants
+    return names, variants, extras
 
 
 def export_model(run: Run, train_summary: Dict[str, Any], scale: Optional[float] = None) -> Path:
@@ -72,7 +78,7 @@ def export_model(run: Run, train_summary: Dict[str, Any], scale: Optional[float]
     record = export_text_tower(run.tower, model / TEXT_ENCODER_FILE, run.tokenizer,
                                CHECK_TEXTS + [t.replace("{}", "кот") for t in m.text.templates])
     shutil.copyfile(run.tokenizer_path, model / TOKENIZER_FILE)
-    files, variants = _copy_image_files(run, model)
+    files, variants, extras = _copy_image_files(run, model)
     files.update({"text_encoder": TEXT_ENCODER_FILE, "tokenizer": TOKENIZER_FILE})
     scale = round(run.tower.scale().detach().item(), 4) if scale is None else scale
     sections: Dict[str, Any] = {
@@ -91,5 +97,8 @@ def export_model(run: Run, train_summary: Dict[str, Any], scale: Optional[float]
     for key in ("balance", "transductive"):
         if getattr(m, key) is not None:
             sections[key] = to_dict(getattr(m, key))
-    write_manifest(model, files, sections, variants or None)
+    ladder = [rung for rung in m.ladder if rung in variants]
+    if ladder:
+        sections["ladder"] = ladder
+    write_manifest(model, files, sections, variants or None, extras)
     return model
