@@ -21,7 +21,8 @@ IMAGE_MODEL ?= model
 TRAIN_OUT ?= dist/text_tower
 TRAIN_ARGS ?=
 
-.PHONY: help venv model run data-check test vendor bundle judge judge-docker bench export clean train
+.PHONY: help venv model run data-check test vendor bundle judge judge-docker bench export clean train reference-env \
+	export-parity parity-fixtures
 
 help:  ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | sed 's/:.*## /\t/'
@@ -33,6 +34,16 @@ help:  ## list the targets
 	touch $@
 
 venv: .venv/.stamp  ## the build/test environment in .venv
+
+# the source frameworks' own pipelines (real torchvision beside torch 2.14.1, ~5.5 GB), for end-to-end parity only
+REF_PY := .venv-ref/bin/python
+.venv-ref/.stamp: requirements-reference.txt requirements-nodeps.txt
+	python3 -m venv .venv-ref
+	$(REF_PY) -m pip install -q --disable-pip-version-check -r requirements-reference.txt
+	$(REF_PY) -m pip install -q --disable-pip-version-check --no-deps -r requirements-nodeps.txt
+	touch $@
+
+reference-env: .venv-ref/.stamp  ## the reference environment in .venv-ref: open_clip, transformers, M-CLIP, ruCLIP with real torchvision
 
 # every module train.build_default imports (also inside functions; tests/test_layout.py checks the list),
 # its data, and the pip-installed weights (via .venv/.stamp)

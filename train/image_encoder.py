@@ -175,7 +175,7 @@ def image_config(backbone: str, size: Optional[int] = None) -> Dict[str, Any]:
     _check_backbone(backbone)
     size = int(size or native_size(backbone))
     return {"input": INPUT_NAME, "output": OUTPUT_NAME, "size": size,
-            "fast_size": min(FAST_SIZE[backbone], size), "resize": "center_crop",
+            "fast_size": min(FAST_SIZE[backbone], size), "resize": "center_crop", "decode": "draft",
             "interpolation": "bilinear", "mean": TF_LITE_MEAN, "std": TF_LITE_STD}
 
 
@@ -206,7 +206,7 @@ def split_images(paths: Sequence[Path], calibration: int = CALIBRATION_IMAGES,
 
 def pixel_batch(paths: Sequence[Path], cfg: Dict[str, Any], size: int) -> np.ndarray:
     """Images -> float32 (N, 3, size, size) through the runtime's preprocessing."""
-    return np.stack([preprocess(load_image(Path(p), size), cfg, size) for p in paths])
+    return np.stack([preprocess(load_image(Path(p), size, cfg["decode"]), cfg, size) for p in paths])
 
 
 def synthetic_batch(n: int, size: int, cfg: Dict[str, Any], seed: int = 0) -> np.ndarray:
@@ -363,7 +363,7 @@ class ImageCalibrationReader(CalibrationDataReader):
     def get_next(self) -> Optional[Dict[str, np.ndarray]]:
         for path in self._iter:
             try:
-                pixels = preprocess(load_image(Path(path), self.size), self.cfg, self.size)
+                pixels = preprocess(load_image(Path(path), self.size, self.cfg["decode"]), self.cfg, self.size)
             except Exception as exc:  # a broken calibration image is skipped, not fatal
                 logger.warning("%s: skipped for calibration: %s", path, exc)
                 continue

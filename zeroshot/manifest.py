@@ -24,7 +24,8 @@ FILE_KEYS = ("image_encoder", "text_encoder", "tokenizer")
 OPTIONAL_FILE_KEYS = ("tokenizer_id_map", "head")
 TOKENIZER_TYPES = ("sentencepiece", "hf_tokenizers")
 PADDING_SIDES = ("right", "left")
-RESIZE_MODES = ("center_crop", "resize_center_crop", "crop_square", "squash")
+RESIZE_MODES = ("center_crop", "resize_center_crop", "resize_center_crop_floor", "crop_square", "squash")
+DECODE_MODES = ("exact", "draft")  # zeroshot.images: every pixel, or JPEG draft mode (reduced DCT scale)
 INTERPOLATIONS = ("nearest", "bilinear", "bicubic", "lanczos")
 SIMILARITIES = ("dot", "cosine")
 LOGIT_KINDS = ("linear", "log")
@@ -60,6 +61,8 @@ def _check_image(section: Dict[str, Any], path: Path) -> None:
     _require(section.get("resize") in RESIZE_MODES, path, f"image.resize must be one of {RESIZE_MODES}")
     _require(section.get("interpolation") in INTERPOLATIONS, path,
              f"image.interpolation must be one of {INTERPOLATIONS}")
+    _require(section.get("decode") in DECODE_MODES, path,
+             f"image.decode must be one of {DECODE_MODES} (got {section.get('decode')!r})")
     for key in ("mean", "std"):
         vals = section.get(key)
         _require(isinstance(vals, list) and len(vals) == 3 and all(isinstance(v, (int, float)) for v in vals),
