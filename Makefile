@@ -87,6 +87,12 @@ export: venv vendor  ## a CLIP-family checkpoint -> EXPORT_OUT, validated: make 
 	@if [ -z "$(ARGS)" ]; then echo 'make export: set ARGS, e.g. ARGS="--from open_clip --arch ViT-B-32 --checkpoint FILE"' >&2; exit 2; fi
 	$(PY) -m train.export $(ARGS) --out $(EXPORT_OUT)
 
+parity-fixtures: venv reference-env  ## tests/fixtures/parity: the five sources' own pipelines on the parity image set (tiny random checkpoints)
+	$(PY) -m train.export.golden --dev-set $(DATA)
+
+export-parity: venv vendor reference-env  ## each source's small random checkpoint exported, predict.sh on DATA vs its own pipeline, exact and draft
+	$(PY) -m train.export.parity_check --dev-set $(DATA) --out dist/export-parity
+
 vendor: .venv/.stamp  ## wheels for the judge (CPython 3.8) and this machine (3.11) in vendor/ (PyPI the first time, then offline)
 	$(PY) -m contest.vendor --out vendor
 

@@ -236,3 +236,12 @@ def export_args(spec: Dict[str, Optional[str]]) -> List[str]:
         if spec.get(key):
             args += [f"--{key.replace('_', '-')}", str(spec[key])]
     return args
+
+
+def load_spec(spec: Dict[str, Optional[str]]) -> Any:
+    """The :class:`~train.export.sources.Source` of a :func:`save_source` checkpoint."""
+    from .sources import load_source
+
+    path = lambda key: Path(spec[key]) if spec.get(key) else None  # noqa: E731
+    return load_source(str(spec["family"]), path("path"), spec.get("arch"), path("checkpoint"), path("image_from"),
+                       path("mclip_base"))
