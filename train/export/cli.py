@@ -11,8 +11,10 @@ Examples::
 Nothing downloads: every file is local and a missing one is an error naming
 it. The export fails unless the ONNX towers match torch (cosine >= 0.9999 on
 dev images and 400 Russian+English strings), the runtime's tokenizer gives
-the checkpoint's token ids on all of them, and every file runs on
-onnxruntime 1.16.3. The size/time plan of every kept variant is printed to
+the checkpoint's token ids on all of them, the runtime run on real image files
+reproduces the checkpoint's own preprocessing and encoders end to end (in the
+reference environment, ``make reference-env``; train/export/end_to_end.py), and
+every file runs on onnxruntime 1.16.3. The size/time plan of every kept variant is printed to
 stdout at the end. ``--plan`` without ``--out`` only plans: a quick export to a
 temporary folder (parity on 16 strings and 4 images, no dev-set agreement),
 every requested variant loaded on onnxruntime 1.16.3 and measured.
