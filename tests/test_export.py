@@ -59,7 +59,7 @@ def torch_predictions(source: sources.Source, root: Path, templates: List[str],
     cfg, size = source.image_cfg, source.image_cfg["size"]
     out: Dict[str, Dict[str, int]] = {}
     for ds in found:
-        pixels = np.stack([preprocess(load_image(p, size), cfg, size) for p in ds.images])
+        pixels = np.stack([preprocess(load_image(p, size, cfg["decode"]), cfg, size) for p in ds.images])
         img = torch_image_embeddings(source.image_module, pixels)
         txt = source.reference_text(build_prompts(ds.classes, templates, normalize))
         txt = txt.reshape(len(templates), len(ds.classes), -1)

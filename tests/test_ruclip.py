@@ -91,7 +91,7 @@ def _torch_predictions(folder: Path, manifest: Dict[str, Any], classes: list, im
     text = src.reference_text(prompts).reshape(len(templates), len(classes), -1)
     text = (text / np.linalg.norm(text, axis=-1, keepdims=True)).mean(axis=0)
     cfg = manifest["image"]
-    pixels = np.stack([preprocess(load_image(p, cfg["size"]), cfg, cfg["size"]) for p in images])
+    pixels = np.stack([preprocess(load_image(p, cfg["size"], cfg["decode"]), cfg, cfg["size"]) for p in images])
     with torch.no_grad():
         img = src.image_module(torch.from_numpy(pixels)).numpy()
     img = img / np.linalg.norm(img, axis=1, keepdims=True)

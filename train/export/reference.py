@@ -49,6 +49,8 @@ from PIL import Image, ImageOps
 
 from zeroshot.command import make_parser, parse_args
 
+from ..contract import ATTENTION_MASK, INPUT_IDS
+
 logger = logging.getLogger(__name__)
 
 BATCH = 16
@@ -122,9 +124,9 @@ def _text_side(req: Dict[str, Any]) -> Callable[[], np.ndarray]:
 
         def hf_text() -> np.ndarray:
             enc = tok(prompts, padding=padding, truncation=True, max_length=context, return_tensors="pt")
-            feeds = {"input_ids": enc["input_ids"]}
+            feeds = {INPUT_IDS: enc[INPUT_IDS]}
             if kind != "siglip":
-                feeds["attention_mask"] = enc["attention_mask"]
+                feeds[ATTENTION_MASK] = enc[ATTENTION_MASK]
             return model.get_text_features(**feeds).float().numpy()
         return hf_text
     if family == "mclip":
@@ -200,11 +202,11 @@ def versions() -> Dict[str, str]:
     return out
 
 
-def main(argv: Optional[Sequence[str]] = None) -> int:
+def main(argv: Optional[List[str]] = None) -> int:
     parser = make_parser("python -m train.export.reference", __doc__.split("\n")[0])
     parser.add_argument("request", type=Path, help="request JSON (see the module docstring)")
     parser.add_argument("out", type=Path, help="output .npz")
-    args = parse_args(parser, list(argv) if argv is not None else None)
+    args = parse_args(parser, argv)
     req = json.loads(args.request.read_text(encoding="utf-8"))
     import torchvision  # noqa: F401  (the real one: this environment exists for it)
 
