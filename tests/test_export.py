@@ -203,7 +203,8 @@ def test_hf_folder(kind: str, ckpts: Path, datasets: Path, dev_set: Path, tmp_pa
         assert "bias" in manifest["score"] and manifest["image"]["resize"] == "squash"
         assert manifest["text"]["attention_mask"] is None and manifest["text"]["tokenizer"]["pad_to_context"]
     else:
-        assert manifest["text"]["attention_mask"] == "attention_mask" and manifest["image"]["resize"] == "resize_center_crop"
+        assert manifest["text"]["attention_mask"] == "attention_mask"
+        assert manifest["image"]["resize"] == "resize_center_crop_floor"  # transformers crops at (new - S) // 2
     check_predictions(model, sources.load_source("hf", folder), datasets, tmp_path)
 
 

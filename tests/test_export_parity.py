@@ -47,8 +47,9 @@ def dev_image_dir() -> Path:
     return found[0].images[0].parent if found else DEVSETS_DIR
 
 
-needs_dev = pytest.mark.skipif(not all((dev_image_dir() / n).is_file() for n in INDEX["set_photos"]),
-                               reason=f"the parity image set is made from the dev photos, not found under {DEVSETS_DIR}")
+needs_dev = pytest.mark.skipif(
+    not all((dev_image_dir() / n).is_file() for n in INDEX["set_photos"]),
+    reason=f"the parity image set is made from the dev photos, not found under {DEVSETS_DIR}")
 
 
 @pytest.fixture(scope="module")
@@ -58,7 +59,7 @@ def parity_data(tmp_path_factory: pytest.TempPathFactory) -> Dict[str, Any]:
     img = root / "parity" / "img"
     records = build_image_set([dev_image_dir() / n for n in INDEX["set_photos"]], INDEX["image_size"], img)
     changed = [r["file"] for r, want in zip(records, INDEX["image_set"]) if r["sha256"] != want["sha256"]]
-    assert not changed, f"the parity image set differs from the fixtures' ({changed}): regenerate with make parity-fixtures"
+    assert not changed, f"the parity image set differs from the fixtures' ({changed}): make parity-fixtures"
     for name in INDEX["dev_images"]:
         shutil.copy2(dev_image_dir() / name, img / name)
     (root / "parity" / "classes.json").write_text(json.dumps(INDEX["classes"], ensure_ascii=False), encoding="utf-8")

@@ -44,8 +44,8 @@ def predict_sh(data: Path, model: Path, work: Path) -> Dict[str, Any]:
     out = work / "preds.json"
     env = dict(os.environ, PYTHON=sys.executable)
     started = time.perf_counter()
-    proc = subprocess.run(["bash", str(REPO / "predict.sh"), str(data), str(out), "--model", str(model), "--threads", "1"],
-                          capture_output=True, text=True, env=env)
+    cmd = ["bash", str(REPO / "predict.sh"), str(data), str(out), "--model", str(model), "--threads", "1"]
+    proc = subprocess.run(cmd, capture_output=True, text=True, env=env)
     if proc.returncode != 0:
         raise RuntimeError(f"predict.sh failed ({proc.returncode}): {proc.stderr[-2000:]}")
     return {"predictions": json.loads(out.read_text(encoding="utf-8")), "wall_s": time.perf_counter() - started}

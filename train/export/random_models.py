@@ -191,7 +191,8 @@ def save_mclip(folder: Path, base: Path, image_dim: int, seed: int = 0) -> Path:
 
 
 SOURCE_NAMES = ("open_clip", "hf_clip", "hf_siglip", "mclip", "ruclip")
-RUCLIP_BPE = Path(__file__).resolve().parents[2] / "tests" / "fixtures" / "yttm" / "bpe.model"  # trained by youtokentome
+# a BPE model trained by youtokentome (the only one on disk: youtokentome has no wheel for this Python)
+RUCLIP_BPE = Path(__file__).resolve().parents[2] / "tests" / "fixtures" / "yttm" / "bpe.model"
 
 
 def save_source(name: str, folder: Path, image_size: int = 32, seed: int = 0) -> Dict[str, Optional[str]]:
@@ -225,7 +226,8 @@ def save_source(name: str, folder: Path, image_size: int = 32, seed: int = 0) ->
         from .ruclip import TINY_RUCLIP, save_random_ruclip
 
         config = {**TINY_RUCLIP, "image_resolution": image_size, "vision_patch_size": patch}
-        return {**args, "family": "ruclip", "path": str(save_random_ruclip(folder / "ruclip", RUCLIP_BPE, config, seed))}
+        path = save_random_ruclip(folder / "ruclip", RUCLIP_BPE, config, seed)
+        return {**args, "family": "ruclip", "path": str(path)}
     raise ValueError(f"unknown source {name!r}; expected one of {SOURCE_NAMES}")
 
 

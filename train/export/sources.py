@@ -184,7 +184,8 @@ def _open_clip_image_cfg(model: Any, name: str) -> Dict[str, Any]:
                          f"(supported: {sorted(modes)})")
     return {"size": int(size), "resize": modes[resize_mode], "decode": "exact",
             "interpolation": pp.get("interpolation", "bicubic"),
-            "mean": [float(v) for v in pp.get("mean", OPENAI_MEAN)], "std": [float(v) for v in pp.get("std", OPENAI_STD)]}
+            "mean": [float(v) for v in pp.get("mean", OPENAI_MEAN)],
+            "std": [float(v) for v in pp.get("std", OPENAI_STD)]}
 
 
 def load_open_clip(arch: str, checkpoint: Path) -> Source:
