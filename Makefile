@@ -21,7 +21,8 @@ IMAGE_MODEL ?= model
 TRAIN_OUT ?= dist/text_tower
 TRAIN_ARGS ?=
 
-.PHONY: help venv model run data-check test vendor bundle judge judge-docker bench export clean train
+.PHONY: help venv model run data-check test vendor bundle judge judge-docker bench export clean train reference-env \
+	export-parity parity-fixtures
 
 help:  ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | sed 's/:.*## /\t/'
@@ -33,6 +34,16 @@ help:  ## list the targets
 	touch $@
 
 venv: .venv/.stamp  ## the build/test environment in .venv
+
+# the source frameworks' own pipelines (real torchvision beside torch 2.14.1, ~5.5 GB), for end-to-end parity only
+REF_PY := .venv-ref/bin/python
+.venv-ref/.stamp: requirements-reference.txt requirements-nodeps.txt
+	python3 -m venv .venv-ref
+	$(REF_PY) -m pip install -q --disable-pip-version-check -r requirements-reference.txt
+	$(REF_PY) -m pip install -q --disable-pip-version-check --no-deps -r requirements-nodeps.txt
+	touch $@
+
+reference-env: .venv-ref/.stamp  ## the reference environment in .venv-ref: open_clip, transformers, M-CLIP, ruCLIP with real torchvision
 
 # every module train.build_default imports (also inside functions; tests/test_layout.py checks the list),
 # its data, and the pip-installed weights (via .venv/.stamp)
@@ -75,6 +86,12 @@ EXPORT_OUT ?= dist/exported-model
 export: venv vendor  ## a CLIP-family checkpoint -> EXPORT_OUT, validated: make export ARGS="--from hf DIR" (see docs/export.md)
 	@if [ -z "$(ARGS)" ]; then echo 'make export: set ARGS, e.g. ARGS="--from open_clip --arch ViT-B-32 --checkpoint FILE"' >&2; exit 2; fi
 	$(PY) -m train.export $(ARGS) --out $(EXPORT_OUT)
+
+parity-fixtures: venv reference-env  ## tests/fixtures/parity: the five sources' own pipelines on the parity image set (tiny random checkpoints)
+	$(PY) -m train.export.golden --dev-set $(DATA)
+
+export-parity: venv vendor reference-env  ## each source's small random checkpoint exported, predict.sh on DATA vs its own pipeline, exact and draft
+	$(PY) -m train.export.parity_check --dev-set $(DATA) --out dist/export-parity
 
 vendor: .venv/.stamp  ## wheels for the judge (CPython 3.8) and this machine (3.11) in vendor/ (PyPI the first time, then offline)
 	$(PY) -m contest.vendor --out vendor

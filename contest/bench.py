@@ -244,7 +244,7 @@ def leg_ceiling(data: Path, model_dir: Path) -> Dict[str, Any]:
     for ds in datasets:
         for path in ds.images:
             try:
-                preprocess(load_image(path, cfg.size), cfg, cfg.size)
+                preprocess(load_image(path, cfg.size, cfg.decode), cfg, cfg.size)
             except ImageError as exc:
                 logger.warning("%s", exc)
                 failed += 1

@@ -24,7 +24,8 @@ EXIF_ORIENTATION = 0x0112
 
 
 def cfg(resize: str = "center_crop") -> ImageConfig:
-    return ImageConfig(input="x", output="y", size=2, resize=resize, interpolation="bilinear", mean=MEAN, std=STD)
+    return ImageConfig(input="x", output="y", size=2, resize=resize, interpolation="bilinear", decode="draft",
+                       mean=MEAN, std=STD)
 
 
 def normalise(rgb: np.ndarray) -> np.ndarray:

@@ -331,7 +331,7 @@ def test_d5_many_decode_threads_keep_the_pixel_budget(tmp_path: Path) -> None:
     pixels = PixelBudget(2_000_000)
     decoder = pipeline.Decoder(8, pixels)
     cfg = ImageConfig(input="x", output="y", size=32, resize="center_crop", interpolation="bilinear",
-                      mean=[0.5] * 3, std=[0.5] * 3)
+                      decode="draft", mean=[0.5] * 3, std=[0.5] * 3)
     futures = [decoder.submit(p, cfg, 32) for p in paths]
     results = [decoder.result(f, lambda: False) for f in futures]
     decoder.close()
@@ -348,8 +348,8 @@ from zeroshot.resources import PixelBudget, return_freed_memory
 if sys.argv[3] == "fixed":
     assert return_freed_memory()
 from zeroshot.manifest import ImageConfig
-cfg = ImageConfig(input="x", output="y", size=32, resize="center_crop", interpolation="bilinear", mean=[0.5] * 3,
-                  std=[0.5] * 3)
+cfg = ImageConfig(input="x", output="y", size=32, resize="center_crop", interpolation="bilinear", decode="draft",
+                  mean=[0.5] * 3, std=[0.5] * 3)
 def peak_kb():  # this process's own high-water mark (ru_maxrss would include the parent's, from before exec)
     return int([l for l in open("/proc/self/status") if l.startswith("VmHWM:")][0].split()[1])
 start = peak_kb()

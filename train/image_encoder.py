@@ -176,7 +176,8 @@ def image_config(backbone: str, size: Optional[int] = None) -> ImageConfig:
     _check_backbone(backbone)
     size = int(size or native_size(backbone))
     return ImageConfig(input=INPUT_NAME, output=OUTPUT_NAME, size=size, fast_size=min(FAST_SIZE[backbone], size),
-                       resize="center_crop", interpolation="bilinear", mean=list(TF_LITE_MEAN), std=list(TF_LITE_STD))
+                       resize="center_crop", interpolation="bilinear", decode="draft", mean=list(TF_LITE_MEAN),
+                       std=list(TF_LITE_STD))
 
 
 def list_images(folder: Path, limit: Optional[int] = None) -> List[Path]:
@@ -206,7 +207,7 @@ def split_images(paths: Sequence[Path], calibration: int = CALIBRATION_IMAGES,
 
 def pixel_batch(paths: Sequence[Path], cfg: ImageConfig, size: int) -> np.ndarray:
     """Images -> float32 (N, 3, size, size) through the runtime's preprocessing."""
-    return np.stack([preprocess(load_image(Path(p), size), cfg, size) for p in paths])
+    return np.stack([preprocess(load_image(Path(p), size, cfg.decode), cfg, size) for p in paths])
 
 
 def synthetic_batch(n: int, size: int, cfg: ImageConfig, seed: int = 0) -> np.ndarray:
@@ -363,7 +364,7 @@ class ImageCalibrationReader(CalibrationDataReader):
     def get_next(self) -> Optional[Dict[str, np.ndarray]]:
         for path in self._iter:
             try:
-                pixels = preprocess(load_image(Path(path), self.size), self.cfg, self.size)
+                pixels = preprocess(load_image(Path(path), self.size, self.cfg.decode), self.cfg, self.size)
             except Exception as exc:  # a broken calibration image is skipped, not fatal
                 logger.warning("%s: skipped for calibration: %s", path, exc)
                 continue

@@ -28,7 +28,8 @@ FILE_KEYS = ("image_encoder", "text_encoder", "tokenizer")
 OPTIONAL_FILE_KEYS = ("tokenizer_id_map", "head")
 TOKENIZER_TYPES = ("sentencepiece", "hf_tokenizers")
 PADDING_SIDES = ("right", "left")
-RESIZE_MODES = ("center_crop", "resize_center_crop", "crop_square", "squash")
+RESIZE_MODES = ("center_crop", "resize_center_crop", "resize_center_crop_floor", "crop_square", "squash")
+DECODE_MODES = ("exact", "draft")  # zeroshot.images: every pixel, or JPEG draft mode (reduced DCT scale)
 INTERPOLATIONS = ("nearest", "bilinear", "bicubic", "lanczos")
 SIMILARITIES = ("dot", "cosine")
 LOGIT_KINDS = ("linear", "log")
@@ -78,6 +79,7 @@ class ImageConfig:
     interpolation: str = _spec(check=_one_of(INTERPOLATIONS))
     mean: List[float] = _spec(check=(lambda v: len(v) == 3, "must hold 3 numbers"))
     std: List[float] = _spec(check=(lambda v: len(v) == 3 and all(x > 0 for x in v), "must hold 3 positive numbers"))
+    decode: str = _spec(check=_one_of(DECODE_MODES))  # exact: every pixel; draft: JPEG at a reduced DCT scale
     features_output: Optional[str] = None      # penultimate features for the transductive steps
     fast_size: Optional[int] = _spec(None, check=_POSITIVE)   # the budget's cheaper tier
 

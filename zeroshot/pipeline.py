@@ -61,8 +61,8 @@ def decode_one(path: Path, cfg: Dict[str, Any], size: int, pixels: Optional[Pixe
     Holds the image's decoded pixel count in ``pixels`` (if given) while it decodes.
     """
     try:
-        with pixels.hold(decoded_pixels(path, size)) if pixels is not None else nullcontext():
-            return preprocess(load_image(path, size), cfg, size), None
+        with pixels.hold(decoded_pixels(path, size, cfg.decode)) if pixels is not None else nullcontext():
+            return preprocess(load_image(path, size, cfg.decode), cfg, size), None
     except ImageError as exc:
         return None, str(exc)
     except Exception as exc:  # a bug or an exotic file (MemoryError too) must not stop the run

@@ -90,7 +90,7 @@ def decode_per_second(paths: Sequence[Path], cfg: Dict[str, Any], size: int, lim
     chosen = list(paths)[:limit]
     start = time.perf_counter()
     for path in chosen:
-        preprocess(load_image(path, size), cfg, size)
+        preprocess(load_image(path, size, cfg.decode), cfg, size)
     return len(chosen) / (time.perf_counter() - start)
 
 
@@ -102,7 +102,8 @@ def preprocess_grid(backbone: str, work: Path, paths: List[Path], targets: List[
     size = native_size(backbone)
     rows = []
     for norm, resize, interp in itertools.product(NORMS, ("center_crop", "squash"), ("bilinear", "bicubic")):
-        cfg = {"resize": resize, "interpolation": interp, "mean": NORMS[norm][0], "std": NORMS[norm][1]}
+        cfg = {"resize": resize, "decode": "draft", "interpolation": interp, "mean": NORMS[norm][0],
+               "std": NORMS[norm][1]}
         top1, top5 = hit_rates(run_encoder(session, pixel_batch(paths, cfg, size)), targets)
         rows.append({"backbone": backbone, "size": size, "norm": norm, "resize": resize, "interpolation": interp,
                      "top1": top1, "top5": top5})

@@ -56,7 +56,7 @@ def ruclip_reference(img: Image.Image, size: int) -> np.ndarray:
 def runtime_pixels(img: Image.Image, size: int, resize: str, interpolation: str) -> np.ndarray:
     """preprocess() with mean 0 and std 1/255, i.e. its pixels in 0..255 units: float32 (S, S, 3)."""
     cfg = ImageConfig(input="pixel_values", output="image_embeds", size=size, resize=resize,
-                      interpolation=interpolation, mean=[0.0] * 3, std=[1 / 255.0] * 3)
+                      interpolation=interpolation, decode="exact", mean=[0.0] * 3, std=[1 / 255.0] * 3)
     return preprocess(img, cfg, size).transpose(1, 2, 0)
 
 

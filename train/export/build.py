@@ -4,14 +4,18 @@ Steps (each fails loudly): tokenizer JSON for the runtime; optional
 vocabulary trimming; text and image towers to ONNX with cosine parity
 against torch; manifest; the runtime itself (zeroshot.encoders.Model) reads
 the folder and must reproduce the checkpoint's token ids on every check
-string and its text embeddings; every file loads and runs on onnxruntime
-1.16.3; smaller variants with measured dev-set agreement (kept only when
-justified); the size/time plan.
+string and its text embeddings; end to end, the runtime's loader, encoders
+and scoring on real image files must reproduce the checkpoint's own pipeline
+run in the reference environment (train/export/end_to_end.py); reduced (draft)
+JPEG decoding is measured against exact decoding; every file loads and runs on
+onnxruntime 1.16.3; smaller variants with measured dev-set agreement (kept
+only when justified); the size/time plan, and from it the decoding policy.
 """
 
 from __future__ import annotations
 
 import logging
+import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Dict, List, Optional, Sequence, Tuple
@@ -26,7 +30,8 @@ from zeroshot.text import normalize_name
 
 from ..contract import CLIP_NORMALIZE, IMAGE_ENCODER_FILE, TEXT_ENCODER_FILE, text_config
 from ..manifest_io import write_manifest
-from . import corpus, plan, trim, variants
+from . import corpus, end_to_end as e2e, plan, trim, variants
+from .imageset import KINDS
 from .onnx_image import INPUT_NAME, OUTPUT_NAME as IMAGE_OUTPUT, export_image_encoder
 from .onnx_text import OUTPUT_NAME as TEXT_OUTPUT, export_text_encoder
 from .ort116 import check_judge_runtime
@@ -59,6 +64,9 @@ class Options:
     plan: bool = True
     default_variant: str = "auto"
     plan_only: bool = False
+    decode: str = "auto"                       # image.decode: exact, draft (if it agrees), or auto (the plan's)
+    end_to_end: bool = True                    # compare with the checkpoint's own pipeline (reference environment)
+    reference_python: Optional[Path] = None    # default: .venv-ref/bin/python
 
 
 def dev_data(root: Path, limit: int) -> Tuple[List[Path], List[Tuple[List[str], List[int]]]]:
@@ -201,6 +209,37 @@ def _plan_only(out: Path, files: Dict[str, str], sections: Dict[str, Any], valid
     return write_manifest(out, files, {**sections, "validation": validation}, candidates)
 
 
+def _end_to_end(source: Source, out: Path, opts: Options, images: List[Path],
+                groups: List[Tuple[List[str], List[int]]]) -> Tuple[Dict[str, Any], Dict[str, Any]]:
+    """(end-to-end record, decoding record) of the folder ``out`` on the parity image set + the dev images.
+
+    The end-to-end record compares with the checkpoint's own pipeline (raises
+    if it misses a threshold, or if there is no reference environment unless
+    ``opts.end_to_end`` is off); the decoding record measures draft against exact.
+    """
+    names = list(groups[0][0]) if groups else list(e2e.FALLBACK_CLASSES)
+    with tempfile.TemporaryDirectory(prefix="export-e2e-") as tmp:
+        set_paths, kinds = e2e.parity_images(images[:len(KINDS)], int(source.image_cfg["size"]), Path(tmp))
+        paths = set_paths + list(images)
+        contest = list(images[:32]) or [p for p, k in zip(set_paths, kinds) if k == "contest"]
+        decode = e2e.decode_record(Model(out, threads=1, verify=False), paths, names,
+                                   [p for p, k in zip(set_paths, kinds) if k == "4000x3000"], contest)
+        logger.info("draft against exact decoding: %s", decode)
+        if not opts.end_to_end:
+            logger.warning("%s: end-to-end parity with the checkpoint's own pipeline was NOT checked "
+                           "(--skip-end-to-end)", out)
+            return {"skipped": "--skip-end-to-end"}, decode
+        python = e2e.reference_python(opts.reference_python)
+        if python is None:
+            raise FileNotFoundError(f"{e2e.REFERENCE_VENV}: no reference environment for the end-to-end check "
+                                    "(make reference-env builds it; --skip-end-to-end exports unproven)")
+        tokens = (lambda prompts: source.tokenize(prompts)[0]) if source.family == "ruclip" else None
+        record = e2e.end_to_end(out, source.origin, paths, kinds, names, python, tokens)
+    logger.info("end to end against the checkpoint's own pipeline: %s", record)
+    e2e.check(record, out)
+    return record, decode
+
+
 def _remove_unused(out: Path, kept: Dict[str, Dict[str, str]]) -> None:
     """Delete the encoder files no kept variant uses (the rejected variants' files)."""
     used = {f for v in kept.values() for f in v.values()}
@@ -281,7 +320,9 @@ def export(source: Source, out: Path, opts: Options) -> Dict[str, Any]:
     write_manifest(out, files, {**sections, "validation": validation})
     validation["runtime"] = _runtime_checks(out, texts, model_ids, mask, reference, rows)
     if opts.plan_only:
+        validation["end_to_end"] = {"skipped": "--plan without --out"}
         return _plan_only(out, files, sections, validation, opts, images)
+    validation["end_to_end"], validation["decode"] = _end_to_end(source, out, opts, images, groups)
     kept, validation["variants"] = _variants(out, files, sections, opts, images, groups)
     onnx_files = sorted(set(out.glob("image_encoder*.onnx")) | set(out.glob("text_encoder*.onnx")))
     validation["judge_onnxruntime"] = check_judge_runtime(onnx_files, opts.vendor)
@@ -293,6 +334,11 @@ def export(source: Source, out: Path, opts: Options) -> Dict[str, Any]:
             row["kept"] = row["variant"] in kept
         validation["plan"] = rows
     default = choose_default(kept, validation.get("plan"), opts.default_variant)
+    row = next((r for r in validation.get("plan") or [] if r["variant"] == default), None)
+    decode, why = e2e.choose_decode(opts.decode, validation["decode"], row, plan.LIMIT_S, plan.PLAN_IMAGES)
+    sections["image"]["decode"] = decode
+    validation["decode"].update({"chosen": decode, "why": why})
+    logger.info("image.decode: %s (%s)", decode, why)
     files.update(kept[default])
     kept, validation["archive"] = fit_archive(out, files, kept, default, opts.vendor)
     _remove_unused(out, kept)

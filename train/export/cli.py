@@ -11,8 +11,10 @@ Examples::
 Nothing downloads: every file is local and a missing one is an error naming
 it. The export fails unless the ONNX towers match torch (cosine >= 0.9999 on
 dev images and 400 Russian+English strings), the runtime's tokenizer gives
-the checkpoint's token ids on all of them, and every file runs on
-onnxruntime 1.16.3. The size/time plan of every kept variant is printed to
+the checkpoint's token ids on all of them, the runtime run on real image files
+reproduces the checkpoint's own preprocessing and encoders end to end (in the
+reference environment, ``make reference-env``; train/export/end_to_end.py), and
+every file runs on onnxruntime 1.16.3. The size/time plan of every kept variant is printed to
 stdout at the end. ``--plan`` without ``--out`` only plans: a quick export to a
 temporary folder (parity on 16 strings and 4 images, no dev-set agreement),
 every requested variant loaded on onnxruntime 1.16.3 and measured.
@@ -29,7 +31,7 @@ from typing import List, Optional
 
 from zeroshot.command import make_parser, parse_args
 
-from . import build, plan, sources, variants
+from . import build, end_to_end, plan, sources, variants
 
 logger = logging.getLogger(__name__)
 
@@ -77,6 +79,16 @@ def build_parser():
     parser.add_argument("--plan", action="store_true",
                         help="without --out: only plan (quick checks, every variant measured, nothing kept)")
     parser.add_argument("--no-plan", action="store_true", help="skip the size/time measurements")
+    parser.add_argument("--decode", choices=("auto", "exact", "draft"), default="auto",
+                        help="image.decode of the folder: exact (the checkpoint's own decoding), draft (reduced JPEG "
+                             "decoding: only if its measured top-1 agreement with exact is >= 99%%), or auto: exact "
+                             "unless the plan is over the time and draft makes it fit (default)")
+    parser.add_argument("--reference-python", type=Path, default=None,
+                        help="Python of the reference environment that runs the checkpoint's own pipeline for the "
+                             "end-to-end check (default: .venv-ref/bin/python, built by make reference-env)")
+    parser.add_argument("--skip-end-to-end", action="store_true",
+                        help="export without the end-to-end check against the checkpoint's own pipeline "
+                             "(the manifest records it as skipped)")
     return parser
 
 
@@ -88,16 +100,20 @@ def main(argv: Optional[List[str]] = None) -> int:
     opts = build.Options(plain=args.plain, trim_vocabulary=args.trim_vocabulary, dev_set=args.dev_set,
                          images=args.images, vendor=args.vendor, plan=not args.no_plan or args.plan,
                          variants=[v.strip() for v in args.variants.split(",") if v.strip()],
-                         default_variant=args.default, plan_only=args.plan and args.out is None)
+                         default_variant=args.default, plan_only=args.plan and args.out is None,
+                         decode=args.decode, end_to_end=not args.skip_end_to_end,
+                         reference_python=args.reference_python)
     if args.templates is not None:
         opts.templates = parse_templates(args.templates)
     source = sources.load_source(args.family, args.path, args.arch, args.checkpoint, args.image_from,
                                  args.mclip_base)
     with tempfile.TemporaryDirectory(prefix="export-plan-") as tmp:
         manifest = build.export(source, args.out or Path(tmp), opts)
-        rows = manifest.validation.get("plan")
-        if rows:
-            sys.stdout.write(plan.format_table(rows, f"{source.name}: size and time plan") + "\n")
+        validation = manifest.validation
+        if validation.get("plan"):
+            sys.stdout.write(plan.format_table(validation["plan"], f"{source.name}: size and time plan") + "\n")
+        sys.stdout.write(end_to_end.format_report(validation.get("end_to_end", {}), validation.get("decode", {}),
+                                                  f"{source.name}: end to end against its own pipeline") + "\n")
     logger.info("exported %s to %s", source.name, args.out or "(temporary folder)")
     return 0
 

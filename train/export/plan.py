@@ -83,7 +83,7 @@ def preprocess_ms(images: Sequence[Path], cfg: ImageConfig) -> float:
     size = int(cfg.size)
     start = time.thread_time()
     for path in images:
-        preprocess(load_image(Path(path), size), cfg, size)
+        preprocess(load_image(Path(path), size, cfg.decode), cfg, size)
     return 1000.0 * (time.thread_time() - start) / len(images)
 
 

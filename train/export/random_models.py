@@ -125,7 +125,7 @@ def _clip_image_processor(size: int, crop: bool) -> Any:
     return SiglipImageProcessor(size={"height": size, "width": size})
 
 
-def save_hf_clip(folder: Path, seed: int = 0, tiny: bool = True) -> Path:
+def save_hf_clip(folder: Path, seed: int = 0, tiny: bool = True, image_size: int = 32, patch_size: int = 8) -> Path:
     """A random transformers ``CLIPModel`` folder with a CLIP BPE tokenizer (open_clip's vocabulary)."""
     from transformers import CLIPConfig, CLIPModel, CLIPTokenizerFast
 
@@ -141,7 +141,7 @@ def save_hf_clip(folder: Path, seed: int = 0, tiny: bool = True) -> Path:
             "num_attention_heads": 2, "max_position_embeddings": 77, "bos_token_id": 49406, "eos_token_id": 49407,
             "pad_token_id": 0}
     vision = {"hidden_size": 32, "intermediate_size": 64, "num_hidden_layers": 2, "num_attention_heads": 2,
-              "image_size": 32, "patch_size": 8}
+              "image_size": image_size, "patch_size": patch_size}
     model = CLIPModel(CLIPConfig(text_config=text, vision_config=vision, projection_dim=16))
     model.save_pretrained(str(folder))
     simple = SimpleTokenizer()
@@ -150,7 +150,7 @@ def save_hf_clip(folder: Path, seed: int = 0, tiny: bool = True) -> Path:
                             unk_token="<end_of_text>", pad_token="!")
     tok.model_max_length = 77
     tok.save_pretrained(str(folder))
-    _clip_image_processor(32, True).save_pretrained(str(folder))
+    _clip_image_processor(image_size, True).save_pretrained(str(folder))
     return folder
 
 
@@ -188,3 +188,62 @@ def save_mclip(folder: Path, base: Path, image_dim: int, seed: int = 0) -> Path:
     model.save_pretrained(str(folder))
     AutoTokenizer.from_pretrained(str(base)).save_pretrained(str(folder))
     return Path(folder)
+
+
+SOURCE_NAMES = ("open_clip", "hf_clip", "hf_siglip", "mclip", "ruclip")
+# a BPE model trained by youtokentome (the only one on disk: youtokentome has no wheel for this Python)
+RUCLIP_BPE = Path(__file__).resolve().parents[2] / "tests" / "fixtures" / "yttm" / "bpe.model"
+
+
+def save_source(name: str, folder: Path, image_size: int = 32, seed: int = 0) -> Dict[str, Optional[str]]:
+    """One small random checkpoint of source ``name`` (SOURCE_NAMES) under ``folder``, in its family's format.
+
+    Returns its ``train.export`` loading arguments (family, path, arch,
+    checkpoint, image_from, mclip_base; absent ones None). ``image_size``: the
+    image towers' input side (patches of 8 px at 32, else 32 px). The M-CLIP
+    text tower is paired with an open_clip image tower (HF CLIP is ``hf_clip``).
+    """
+    folder = Path(folder)
+    patch = 8 if image_size <= 64 else 32
+    vision = {**TINY_VISION, "image_size": image_size, "patch_size": patch}
+    args: Dict[str, Optional[str]] = dict.fromkeys(("path", "arch", "checkpoint", "image_from", "mclip_base"))
+    if name == "open_clip":
+        paths = save_open_clip(folder / "open_clip", vision, TINY_CLIP_TEXT, 16, seed=seed)
+        return {**args, "family": "open_clip", "arch": str(paths["config"]), "checkpoint": str(paths["checkpoint"])}
+    if name == "hf_clip":
+        return {**args, "family": "hf", "path": str(save_hf_clip(folder / "hf_clip", seed, image_size=image_size,
+                                                                 patch_size=patch))}
+    if name == "hf_siglip":
+        sizes = {"vision": {"image_size": image_size, "patch_size": patch}}
+        return {**args, "family": "hf", "path": str(save_hf_siglip(folder / "hf_siglip", seed, sizes))}
+    if name == "mclip":
+        base = save_xlmr(folder / "mclip-base", TINY_XLMR, seed)
+        image = save_open_clip(folder / "mclip-image", vision, TINY_CLIP_TEXT, 16, name="tiny-mclip-image", seed=seed)
+        text = save_mclip(folder / "mclip", base, image_dim=16, seed=seed)
+        return {**args, "family": "mclip", "path": str(text), "image_from": str(image["checkpoint"]),
+                "arch": str(image["config"]), "mclip_base": str(base)}
+    if name == "ruclip":
+        from .ruclip import TINY_RUCLIP, save_random_ruclip
+
+        config = {**TINY_RUCLIP, "image_resolution": image_size, "vision_patch_size": patch}
+        path = save_random_ruclip(folder / "ruclip", RUCLIP_BPE, config, seed)
+        return {**args, "family": "ruclip", "path": str(path)}
+    raise ValueError(f"unknown source {name!r}; expected one of {SOURCE_NAMES}")
+
+
+def export_args(spec: Dict[str, Optional[str]]) -> List[str]:
+    """``python -m train.export`` arguments that load ``spec`` (from :func:`save_source`)."""
+    args = ["--from", str(spec["family"])] + ([str(spec["path"])] if spec.get("path") else [])
+    for key in ("arch", "checkpoint", "image_from", "mclip_base"):
+        if spec.get(key):
+            args += [f"--{key.replace('_', '-')}", str(spec[key])]
+    return args
+
+
+def load_spec(spec: Dict[str, Optional[str]]) -> Any:
+    """The :class:`~train.export.sources.Source` of a :func:`save_source` checkpoint."""
+    from .sources import load_source
+
+    path = lambda key: Path(spec[key]) if spec.get(key) else None  # noqa: E731
+    return load_source(str(spec["family"]), path("path"), spec.get("arch"), path("checkpoint"), path("image_from"),
+                       path("mclip_base"))

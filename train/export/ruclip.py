@@ -160,7 +160,7 @@ def load_ruclip(folder: Path, yttm_python: Optional[str] = None) -> Source:
             return model.encode_text(torch.from_numpy(tokenize(texts)[0])).float().numpy()
 
     size = int(config["image_resolution"])
-    image_cfg = {"size": size, "resize": "crop_square", "interpolation": "bilinear",
+    image_cfg = {"size": size, "resize": "crop_square", "decode": "exact", "interpolation": "bilinear",
                  "mean": [float(v) for v in config.get("mean") or OPENAI_MEAN],
                  "std": [float(v) for v in config.get("std") or OPENAI_STD]}
     return Source(name=f"ruclip:{folder.name}", family="ruclip",

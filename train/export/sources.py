@@ -69,6 +69,7 @@ class Source:
     unk_id: Optional[int] = None
     special_ids: List[int] = field(default_factory=list)
     info: Dict[str, Any] = field(default_factory=dict)
+    origin: Dict[str, Optional[str]] = field(default_factory=dict)  # how it was loaded (the reference reloads it)
 
 
 class _Call(nn.Module):
@@ -181,8 +182,10 @@ def _open_clip_image_cfg(model: Any, name: str) -> Dict[str, Any]:
     if resize_mode not in modes:
         raise ValueError(f"open_clip model {name}: resize_mode {resize_mode!r} is not supported by the runtime "
                          f"(supported: {sorted(modes)})")
-    return {"size": int(size), "resize": modes[resize_mode], "interpolation": pp.get("interpolation", "bicubic"),
-            "mean": [float(v) for v in pp.get("mean", OPENAI_MEAN)], "std": [float(v) for v in pp.get("std", OPENAI_STD)]}
+    return {"size": int(size), "resize": modes[resize_mode], "decode": "exact",
+            "interpolation": pp.get("interpolation", "bicubic"),
+            "mean": [float(v) for v in pp.get("mean", OPENAI_MEAN)],
+            "std": [float(v) for v in pp.get("std", OPENAI_STD)]}
 
 
 def load_open_clip(arch: str, checkpoint: Path) -> Source:
@@ -235,24 +238,31 @@ def load_open_clip(arch: str, checkpoint: Path) -> Source:
 # ---------------------------------------------------------------- transformers CLIPModel / SiglipModel
 
 def _hf_image_cfg(folder: Path, default_size: int) -> Dict[str, Any]:
-    """The manifest image section from ``preprocessor_config.json`` (CLIPImageProcessor / SiglipImageProcessor)."""
+    """The manifest image section from ``preprocessor_config.json`` (CLIPImageProcessor / SiglipImageProcessor).
+
+    ``shortest_edge`` S then ``center_crop`` S (CLIP): ``resize_center_crop_floor`` (transformers
+    crops at ``(new - S) // 2``); ``height`` = ``width`` = S without a crop (SigLIP): ``squash``.
+    Anything else (a crop smaller than the resize, a non-square output, no resize) is refused.
+    """
     path = _require_file(folder / "preprocessor_config.json", "image processor config (preprocessor_config.json)")
     pp = json.loads(path.read_text(encoding="utf-8"))
     size = pp.get("size", default_size)
-    crop = pp.get("crop_size")
-    if pp.get("do_center_crop") and crop:
-        side = crop["height"] if isinstance(crop, dict) else int(crop)
-        short = size.get("shortest_edge", side) if isinstance(size, dict) else int(size)
-        if short != side:
-            raise ValueError(f"{path}: resize to {short} then crop {side} is not supported by the runtime "
-                             "(it crops the central square, then resizes)")
-        resize = "resize_center_crop"
+    size = size if isinstance(size, dict) else {"shortest_edge": int(size)}
+    crop = pp.get("crop_size") if pp.get("do_center_crop") else None
+    crop = crop if crop is None or isinstance(crop, dict) else {"height": int(crop), "width": int(crop)}
+    if not pp.get("do_resize", True):
+        raise ValueError(f"{path}: do_resize false: the runtime needs a fixed input size")
+    if crop is not None and "shortest_edge" in size and crop["height"] == crop["width"] == size["shortest_edge"]:
+        side, resize = int(size["shortest_edge"]), "resize_center_crop_floor"
+    elif crop is None and "height" in size and size["height"] == size.get("width"):
+        side, resize = int(size["height"]), "squash"
     else:
-        side = size.get("height", size.get("shortest_edge")) if isinstance(size, dict) else int(size)
-        resize = "squash" if isinstance(size, dict) and "height" in size else "resize_center_crop"
+        raise ValueError(f"{path}: resize {size} with center crop {crop} is not supported by the runtime "
+                         "(supported: shortest_edge S + crop S x S, or height = width without a crop)")
     if not pp.get("do_rescale", True) or not math.isclose(float(pp.get("rescale_factor", 1 / 255)), 1 / 255):
         raise ValueError(f"{path}: only rescale by 1/255 is supported")
-    return {"size": int(side), "resize": resize, "interpolation": _PIL_RESAMPLE.get(int(pp.get("resample", 3)), "bicubic"),
+    return {"size": side, "resize": resize, "decode": "exact",
+            "interpolation": _PIL_RESAMPLE.get(int(pp.get("resample", 3)), "bicubic"),
             "mean": [float(v) for v in pp.get("image_mean", OPENAI_MEAN)],
             "std": [float(v) for v in pp.get("image_std", OPENAI_STD)]}
 
@@ -377,17 +387,23 @@ def load_source(family: str, path: Optional[Path], arch: Optional[str] = None, c
     if family == "open_clip":
         if not arch or not checkpoint:
             raise ValueError("--from open_clip needs --arch NAME_OR_CONFIG_JSON and --checkpoint FILE")
-        return load_open_clip(arch, checkpoint)
-    if path is None:
+        source = load_open_clip(arch, checkpoint)
+    elif path is None:
         raise ValueError(f"--from {family} needs the model folder")
-    if family == "hf":
-        return load_hf(path)
-    if family == "ruclip":
+    elif family == "hf":
+        source = load_hf(path)
+    elif family == "ruclip":
         from .ruclip import load_ruclip
 
-        return load_ruclip(path)
-    if family == "mclip":
+        source = load_ruclip(path)
+    elif family == "mclip":
         if image_from is None:
             raise ValueError("--from mclip needs --image-from (an HF CLIP folder or an open_clip checkpoint)")
-        return load_mclip(path, image_from, arch, mclip_base)
-    raise ValueError(f"unknown source family {family!r}; expected one of {FAMILIES}")
+        source = load_mclip(path, image_from, arch, mclip_base)
+    else:
+        raise ValueError(f"unknown source family {family!r}; expected one of {FAMILIES}")
+    absolute = lambda p: str(Path(p).resolve()) if p is not None else None  # noqa: E731
+    source.origin = {"family": family, "path": absolute(path), "arch": str(Path(arch).resolve())
+                     if arch and arch.endswith(".json") else arch, "checkpoint": absolute(checkpoint),
+                     "image_from": absolute(image_from), "mclip_base": absolute(mclip_base)}
+    return source

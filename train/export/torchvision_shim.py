@@ -6,7 +6,8 @@ transforms (open_clip/transform.py) and for ``FrozenBatchNorm2d``
 torchvision wheel on PyPI (the registry's wheel links CUDA torch libraries
 and fails at import). ``train.export`` never uses those transforms: images are
 preprocessed by the runtime's own :func:`zeroshot.images.preprocess`, as
-configured by the manifest. So when a real torchvision cannot be imported,
+configured by the manifest (the end-to-end check runs the real transforms in
+the reference environment, train/export/reference.py). So when a real torchvision cannot be imported,
 :func:`install` registers modules whose names exist (so imports succeed and
 class statements that subclass them work) but whose objects raise
 ``TorchvisionUnavailable`` when called. A real, importable torchvision always
