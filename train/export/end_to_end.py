@@ -239,7 +239,7 @@ def choose_decode(wanted: str, record: Dict[str, Any], row: Optional[Dict[str, A
 def prompts_for(model: Model, names: Sequence[str]) -> List[str]:
     """The manifest's prompts of ``names`` (template-major), as the runtime builds them."""
     text = model.text_cfg
-    return build_prompts(list(names), text["templates"], text.get("normalize", []))
+    return build_prompts(list(names), text.templates, text.normalize)
 
 
 def end_to_end(model_dir: Path, request: Dict[str, Any], paths: Sequence[Path], kinds: Sequence[str],
