@@ -151,8 +151,18 @@ def stop_on_sigterm() -> Iterator[threading.Event]:
 
 
 def initial_predictions(datasets: List[Dataset]) -> Predictions:
-    """Every image with its dataset's prior class: the answer before any inference."""
-    return {ds.name: {image_id: ds.prior_class() for image_id in ds.ids} for ds in datasets}
+    """Every image with its dataset's prior class: the answer before any inference (class 0 while the
+    class names are not read yet), in time independent of the class count."""
+    return {ds.name: dict.fromkeys(ds.ids, ds.prior_class()) for ds in datasets}
+
+
+def load_classes(datasets: List[Dataset], out: PredictionsFile) -> None:
+    """Read every dataset's class names, once the placeholder JSON is on disk; a dataset whose prior
+    class is not 0 (its first name empty) gets its placeholder rewritten."""
+    for ds in datasets:
+        ds.load_classes()
+        if ds.prior_class():
+            out.update(ds.name, dict.fromkeys(ds.ids, ds.prior_class()))
 
 
 def make_model(args: argparse.Namespace, limit: CpuLimit, paths: List[Path], budget_s: float) -> Model:
@@ -180,7 +190,7 @@ def main(argv: Optional[List[str]] = None) -> int:
     if not return_freed_memory():
         logger.info("no glibc mallopt here: freed image memory may stay with its decoding thread")
     try:
-        datasets, problems = discover(args.datasets_dir)
+        datasets, problems = discover(args.datasets_dir, classes=False)
         out = PredictionsFile(args.out_json)
         out.start(initial_predictions(datasets))
     except (OSError, ValueError) as exc:
@@ -193,6 +203,7 @@ def main(argv: Optional[List[str]] = None) -> int:
 def predict_all(args: argparse.Namespace, datasets: List[Dataset], problems: List[str], out: PredictionsFile,
                 stop: threading.Event, started: float) -> int:
     """Load the model, predict every dataset into ``out`` and the report; the exit code."""
+    load_classes(datasets, out)
     for problem in problems:
         logger.warning("%s", problem)
     limit = effective_cpus(args.threads)

@@ -280,7 +280,7 @@ def predict_dataset(ds: Dataset, model: Model, budget: Budget, decoder: Decoder,
 
 def _predict(run: _DatasetRun, started: float) -> DatasetResult:
     ds, budget = run.ds, run.budget
-    if not ds.images or len(ds.classes) == 1:
+    if not ds.images or len(ds.classes) <= 1:
         budget.record_prompts(len(ds.classes) * len(run.model.text_cfg["templates"]), 0.0, encoded=False)
         budget.record(PRIOR, len(ds.images), 0.0)
         return prior_result(ds, started, list(ds.problems))
