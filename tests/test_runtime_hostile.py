@@ -120,3 +120,72 @@ def test_placeholder_costs_one_class_scan_per_dataset(tmp_path: Path, monkeypatc
     preds = cli.initial_predictions(found)
     assert set(preds["a"].values()) == {1} and len(preds["a"]) == 30
     assert len(calls) == 1
+
+
+# --- D2: malformed EXIF costs the metadata, not the pixels --------------------------------------------
+
+def _exif(entries, data: bytes = b"") -> bytes:
+    """An APP1 Exif payload: big-endian TIFF header, IFD0 of (tag, type, count, 4 value bytes), then ``data``."""
+    body = struct.pack(">H", len(entries)) + b"".join(struct.pack(">HHI", t, k, n) + v for t, k, n, v in entries)
+    return b"Exif\x00\x00MM\x00\x2a\x00\x00\x00\x08" + body + b"\x00\x00\x00\x00" + data
+
+
+ORIENTATION_6 = (0x0112, 3, 1, b"\x00\x06\x00\x00")  # rotate 90 degrees clockwise on display
+MALFORMED_EXIF = {
+    # an XResolution of type BYTE: Pillow's Image.open fails reading the dpi from it
+    "open": _exif([ORIENTATION_6, (0x011A, 1, 1, b"\x05\x00\x00\x00"), (0x0128, 3, 1, b"\x00\x02\x00\x00")]),
+    # a YResolution of type ASCII: read fine, but ImageOps.exif_transpose cannot write it back
+    "transpose": _exif([ORIENTATION_6, (0x011B, 2, 6, struct.pack(">I", 38))], b"Canon\x00"),
+}
+
+
+def _half_white_jpeg(exif: bytes) -> bytes:
+    img = Image.new("RGB", (40, 20), (0, 0, 0))
+    img.paste((255, 255, 255), (0, 0, 20, 20))  # left half white
+    buf = io.BytesIO()
+    img.save(buf, "JPEG", quality=95)
+    data = buf.getvalue()
+    return data[:2] + b"\xff\xe1" + struct.pack(">H", len(exif) + 2) + exif + data[2:]
+
+
+@pytest.mark.parametrize("breaks", sorted(MALFORMED_EXIF))
+def test_malformed_exif_keeps_the_pixels_and_the_orientation(tmp_path: Path, breaks: str, caplog) -> None:
+    path = tmp_path / "photo.jpg"
+    path.write_bytes(_half_white_jpeg(MALFORMED_EXIF[breaks]))
+    out = load_image(path, 16)
+    assert out.size == (20, 40), "orientation 6 applied"
+    assert out.getpixel((10, 5))[0] > 200 and out.getpixel((10, 35))[0] < 50  # the white half now on top
+    assert decoded_pixels(path, 16) == 800
+    if breaks == "open":
+        assert "photo.jpg: malformed metadata" in caplog.text
+
+
+def test_malformed_exif_image_is_predicted_from_its_pixels(tiny_model: Path, tmp_path: Path) -> None:
+    root = tmp_path / "data"
+    make_dataset(root, "a", NAMES, 4)
+    for breaks, exif in MALFORMED_EXIF.items():
+        (root / "a" / "img" / f"{breaks}.jpg").write_bytes(_half_white_jpeg(exif))
+    report = tmp_path / "r.json"
+    assert cli.main([str(root), str(tmp_path / "o.json"), "--model", str(tiny_model), "--report", str(report)]) == 0
+    assert read_json(report)["datasets"]["a"]["problems"] == []
+    assert len(read_json(tmp_path / "o.json")["a"]) == 6
+
+
+# --- D12: a progressive JPEG is counted at what its decoder holds --------------------------------------
+
+def test_progressive_jpeg_counts_its_full_size_coefficients(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Draft mode scales a JPEG's output, but a progressive one still holds every DCT coefficient of
+    the full image (2 bytes per sample): 40000x40000 grey peaked at 3.4 GB. At small scale: a cap of
+    100,000 pixels lets the baseline 800x800 through (100x100 decoded) and refuses the progressive one."""
+    monkeypatch.setattr(images, "MAX_DECODE_PIXELS", 100_000)
+    grey = Image.new("L", (800, 800), 128)
+    grey.save(tmp_path / "baseline.jpg", quality=50)
+    grey.save(tmp_path / "progressive.jpg", quality=50, progressive=True)
+    assert load_image(tmp_path / "baseline.jpg", 32).size == (100, 100)
+    assert decoded_pixels(tmp_path / "baseline.jpg", 32) == 100 * 100
+    assert decoded_pixels(tmp_path / "progressive.jpg", 32) == 100 * 100 + 800 * 800 * 2 // 3
+    with pytest.raises(ImageError, match="progressive.jpg: JPEG progressive image .* too large"):
+        load_image(tmp_path / "progressive.jpg", 32)
+    colour = Image.new("RGB", (800, 800), (10, 200, 30))  # 4:2:0: chroma at half size in both directions
+    colour.save(tmp_path / "colour.jpg", quality=50, progressive=True)
+    assert decoded_pixels(tmp_path / "colour.jpg", 32) == 100 * 100 + 800 * 800 * 3 // 2 * 2 // 3
