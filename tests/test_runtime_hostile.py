@@ -189,3 +189,83 @@ def test_progressive_jpeg_counts_its_full_size_coefficients(tmp_path: Path, monk
     colour = Image.new("RGB", (800, 800), (10, 200, 30))  # 4:2:0: chroma at half size in both directions
     colour.save(tmp_path / "colour.jpg", quality=50, progressive=True)
     assert decoded_pixels(tmp_path / "colour.jpg", 32) == 100 * 100 + 800 * 800 * 3 // 2 * 2 // 3
+
+
+# --- a corrupt or truncated rung: the next intact one runs ---------------------------------------------
+
+@pytest.fixture()
+def two_rung_model(tmp_path: Path) -> Path:
+    """The tiny model with a ladder small -> large whose rungs have image encoder files of their own."""
+    from train.manifest_io import write_manifest
+    from train.tiny_model import LADDER, build_tiny_model
+    from zeroshot.manifest import load_manifest
+
+    out = tmp_path / "model"
+    build_tiny_model(out, seed=0)
+    manifest = load_manifest(out)
+    files = {k: v["path"] for k, v in manifest["files"].items()}
+    for rung in LADDER:
+        shutil.copyfile(out / files["image_encoder"], out / f"image_encoder.{rung}.onnx")
+    sections = {k: v for k, v in manifest.items() if k not in ("files", "format_version")}
+    sections["ladder"] = list(LADDER)
+    write_manifest(out, files, sections, {r: {"image_encoder": f"image_encoder.{r}.onnx"} for r in LADDER}, LADDER)
+    return out
+
+
+@pytest.mark.parametrize("damage", ["truncated", "flipped", "missing"])
+def test_corrupt_richest_rung_falls_back_to_the_next(two_rung_model: Path, tmp_path: Path, damage: str) -> None:
+    path = two_rung_model / "image_encoder.large.onnx"
+    data = path.read_bytes()
+    if damage == "truncated":
+        path.write_bytes(data[:len(data) // 2])
+    elif damage == "flipped":  # same size, one byte changed: only the sha256 tells
+        path.write_bytes(data[:-1] + bytes([data[-1] ^ 1]))
+    else:
+        path.unlink()
+    root = tmp_path / "data"
+    truth = make_dataset(root, "a", NAMES, 6)
+    out = tmp_path / "o.json"
+    proc = run_predict_sh(root, out, two_rung_model, "--threads", "1")
+    assert proc.returncode == 0, proc.stderr
+    assert sorted(read_json(out)["a"]) == sorted(truth)
+    assert "rung large left out" in proc.stderr and "accuracy ladder: rung small" in proc.stderr
+    assert {"truncated": "truncated", "flipped": "sha256", "missing": "missing"}[damage] in proc.stderr
+    assert cli.check(two_rung_model, None) == 0
+
+
+def test_no_intact_rung_fails_with_a_complete_placeholder(two_rung_model: Path, tmp_path: Path) -> None:
+    for rung in ("small", "large"):
+        path = two_rung_model / f"image_encoder.{rung}.onnx"
+        path.write_bytes(path.read_bytes()[:100])
+    root = tmp_path / "data"
+    truth = make_dataset(root, "a", NAMES, 4)
+    out = tmp_path / "o.json"
+    proc = run_predict_sh(root, out, two_rung_model)
+    assert proc.returncode == 2 and "no rung of the accuracy ladder has intact model files" in proc.stderr
+    assert sorted(read_json(out)["a"]) == sorted(truth)
+
+
+@pytest.mark.parametrize("where", ["probe", "load"])
+def test_a_rung_that_does_not_load_gives_way(two_rung_model: Path, tmp_path: Path,
+                                             monkeypatch: pytest.MonkeyPatch, caplog, where: str) -> None:
+    """Intact files that onnxruntime still refuses (say, an operator it lacks), when the ladder probes
+    the rung or only when the model loads it: the next rung runs."""
+    from zeroshot import encoders
+
+    make = encoders.make_session
+
+    def refusing(path: Path, *args, **kwargs):
+        if path.name == "image_encoder.large.onnx":
+            raise ValueError(f"{path}: onnxruntime cannot load this model: test")
+        return make(path, *args, **kwargs)
+
+    monkeypatch.setattr(encoders, "make_session", refusing)
+    if where == "probe":
+        monkeypatch.setattr(cli, "make_session", refusing)
+    root = tmp_path / "data"
+    make_dataset(root, "a", NAMES, 4)
+    report = tmp_path / "r.json"
+    assert cli.main([str(root), str(tmp_path / "o.json"), "--model", str(two_rung_model), "--report",
+                     str(report)]) == 0
+    assert read_json(report)["model"]["variant"] == "small"
+    assert {"probe": "rung large cannot be probed", "load": "rung large does not load"}[where] in caplog.text

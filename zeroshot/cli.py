@@ -29,7 +29,7 @@ from .command import make_parser, parse_args
 from .datasets import Dataset, discover
 from .encoders import Model, make_session
 from .images import MAX_DECODE_PIXELS
-from .ladder import select_rung
+from .ladder import cheaper_intact, load_first, rungs, select_rung
 from .limits import JUDGE_TIME_LIMIT_S, MODEL_DIR
 from .manifest import load_manifest
 from .outputs import Predictions, PredictionsFile
@@ -103,17 +103,20 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def check(model_dir: Path, variant: Optional[str]) -> int:
-    """Load the model and log the runtime's versions; 0 if everything loads, 2 if not."""
+    """Load the model and log the runtime's versions; 0 if it loads (without ``variant``: its default
+    files, else any rung of its ladder, richest first), 2 if not."""
     limit = effective_cpus()
     try:
-        model = Model(model_dir, variant=variant, threads=limit.cpus)
+        candidates = [variant] if variant else [None] + list(reversed(rungs(load_manifest(model_dir))))
+        model = load_first(candidates, lambda v: Model(model_dir, variant=v, threads=limit.cpus))
     except (FileNotFoundError, ValueError) as exc:
         logger.error("%s", exc)
         return 2
     logger.info("python %s; %s", sys.version.split()[0],
                 ", ".join(f"{k} {v}" for k, v in package_versions().items()))
-    logger.info("model %s (%s): loads, all files match their sha256; %d CPUs (%s: %s)", model_dir,
-                model.manifest.get("name", "unnamed"), limit.cpus, limit.source, limit.detail)
+    logger.info("model %s (%s, %s): loads, its files match their sha256; %d CPUs (%s: %s)", model_dir,
+                model.manifest.get("name", "unnamed"), model.variant or "default files", limit.cpus, limit.source,
+                limit.detail)
     return 0
 
 
@@ -169,14 +172,17 @@ def make_model(args: argparse.Namespace, limit: CpuLimit, paths: List[Path], bud
     """The model with onnxruntime sized to ``limit`` (no spinning under a cgroup quota or on one CPU).
 
     Without ``--variant``, the accuracy ladder (zeroshot.ladder) picks the
-    variant for the images ``paths`` and ``budget_s`` seconds.
+    variant for the images ``paths`` and ``budget_s`` seconds among the intact
+    rungs; one that does not load falls back to the next cheaper intact rung.
     """
     spinning = limit.cpus > 1 and limit.source in (AFFINITY, FLAG)
-    variant = args.variant
-    if variant is None:
-        variant = select_rung(args.model, load_manifest(args.model), args.rung, paths, budget_s, limit.cpus,
+    candidates: List[Optional[str]] = [args.variant]
+    if args.variant is None:
+        manifest = load_manifest(args.model)
+        variant = select_rung(args.model, manifest, args.rung, paths, budget_s, limit.cpus,
                               lambda path, threads: make_session(path, threads, spinning))
-    return Model(args.model, threads=limit.cpus, variant=variant, spinning=spinning)
+        candidates = [variant] + ([] if args.rung else cheaper_intact(args.model, manifest, variant))
+    return load_first(candidates, lambda v: Model(args.model, threads=limit.cpus, variant=v, spinning=spinning))
 
 
 def main(argv: Optional[List[str]] = None) -> int:

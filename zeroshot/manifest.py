@@ -14,9 +14,11 @@ import json
 import logging
 import math
 from pathlib import Path
-from typing import Any, Dict, Optional
+from typing import Any, Dict, List, Optional, Tuple
 
 logger = logging.getLogger(__name__)
+
+_HASHES: Dict[Tuple[str, int, int], str] = {}  # (resolved path, size, mtime_ns) -> sha256
 
 MANIFEST_NAME = "manifest.json"
 FORMAT_VERSION = 1
@@ -82,6 +84,11 @@ def _check_text(section: Dict[str, Any], path: Path) -> None:
              "text.templates must be a non-empty list of strings containing '{}'")
 
 
+def _is_size(value: Any) -> bool:
+    """True for a file entry's optional ``size``: absent, or an integer >= 0 (bytes)."""
+    return value is None or (_is_int(value) and value >= 0)
+
+
 def _is_int(value: Any) -> bool:
     """True for an int that is not a bool (JSON true is not a token id)."""
     return isinstance(value, int) and not isinstance(value, bool)
@@ -116,8 +123,8 @@ def _check_files(manifest: Dict[str, Any], path: Path) -> None:
         entry = files.get(key)
         _require((key in OPTIONAL_FILE_KEYS and entry is None)
                  or (isinstance(entry, dict) and isinstance(entry.get("path"), str)
-                     and isinstance(entry.get("sha256"), str)), path,
-                 f"files.{key} must have 'path' and 'sha256'")
+                     and isinstance(entry.get("sha256"), str) and _is_size(entry.get("size"))), path,
+                 f"files.{key} must have 'path' and 'sha256' (and 'size' in bytes, or none)")
     tok = manifest["text"]["tokenizer"]
     if tok["type"] == "hf_tokenizers":
         _require(files["tokenizer"]["path"].endswith(".json"), path,
@@ -237,8 +244,9 @@ def validate_manifest(manifest: Dict[str, Any], path: Path) -> None:
     for name, variant in variants.items():
         vfiles = variant.get("files") if isinstance(variant, dict) else None
         _require(isinstance(vfiles, dict) and all(k in FILE_KEYS + OPTIONAL_FILE_KEYS and isinstance(v, dict) and isinstance(
-            v.get("path"), str) and isinstance(v.get("sha256"), str) for k, v in vfiles.items()), path,
-            f"variants.{name}.files must map file roles to {{'path', 'sha256'}}")
+            v.get("path"), str) and isinstance(v.get("sha256"), str) and _is_size(v.get("size"))
+            for k, v in vfiles.items()), path,
+            f"variants.{name}.files must map file roles to {{'path', 'sha256'}} (and 'size' in bytes, or none)")
     for name, variant in variants.items():
         if "image" in variant:
             _require(isinstance(variant["image"], dict), path, f"variants.{name}.image must be an object")
@@ -248,28 +256,78 @@ def validate_manifest(manifest: Dict[str, Any], path: Path) -> None:
     _require(isinstance(batch, int) and batch > 0, path, "batch_size must be a positive integer")
 
 
-def resolve_file(manifest: Dict[str, Any], model_dir: Path, key: str, verify: bool = True,
-                 variant: Optional[str] = None) -> Path:
-    """Path of the model file ``files[key]`` (or the variant's), checked to exist and match its sha256.
-
-    Raises FileNotFoundError or ValueError naming the path and the expected hash.
-    """
-    entry = manifest["files"][key]
+def file_entry(manifest: Dict[str, Any], model_dir: Path, key: str,
+               variant: Optional[str] = None) -> Optional[Dict[str, Any]]:
+    """The ``files[key]`` entry ``variant`` runs (its own, else the default; None when neither names one);
+    ValueError for an unknown variant."""
+    entry = manifest["files"].get(key)
     if variant is not None:
         variants = manifest.get("variants", {})
         if variant not in variants:
             raise ValueError(f"{Path(model_dir) / MANIFEST_NAME}: no variant '{variant}' "
                              f"(available: {sorted(variants) or 'none'})")
         entry = variants[variant]["files"].get(key, entry)
-    path = model_dir / entry["path"]
+    return entry
+
+
+def check_file(path: Path, entry: Dict[str, Any], key: str) -> None:
+    """Raise FileNotFoundError if ``path`` is missing, ValueError if its size (when the entry records
+    one) or its sha256 differs from ``entry``; each message names the path and the expected sha256.
+    A file is hashed once per process (:func:`cached_sha256`)."""
     expected = entry["sha256"]
     if not path.is_file():
         raise FileNotFoundError(f"{path}: model file '{key}' is missing (expected sha256 {expected})")
+    size = path.stat().st_size
+    if entry.get("size") is not None and size != entry["size"]:
+        raise ValueError(f"{path}: model file '{key}' is corrupt: {size} bytes, expected {entry['size']} "
+                         f"(sha256 {expected}){' -- truncated' if size < entry['size'] else ''}")
+    actual = cached_sha256(path)
+    if actual != expected:
+        raise ValueError(f"{path}: model file '{key}' is corrupt: sha256 {actual}, expected {expected}")
+
+
+def cached_sha256(path: Path) -> str:
+    """sha256 of ``path``, remembered for the process while its size and mtime stay the same (start-up
+    checks every rung's files, then the chosen rung's model loads them again)."""
+    stat = path.stat()
+    key = (str(Path(path).resolve()), stat.st_size, stat.st_mtime_ns)
+    if key not in _HASHES:
+        _HASHES[key] = sha256_file(path)
+    return _HASHES[key]
+
+
+def resolve_file(manifest: Dict[str, Any], model_dir: Path, key: str, verify: bool = True,
+                 variant: Optional[str] = None) -> Path:
+    """Path of the model file ``files[key]`` (or the variant's), checked to exist and (``verify``) to
+    match its size and sha256 (:func:`check_file`).
+
+    Raises FileNotFoundError or ValueError naming the path and the expected hash.
+    """
+    entry = file_entry(manifest, model_dir, key, variant)
+    if entry is None:
+        raise ValueError(f"{Path(model_dir) / MANIFEST_NAME}: names no model file '{key}'")
+    path = model_dir / entry["path"]
     if verify:
-        actual = sha256_file(path)
-        if actual != expected:
-            raise ValueError(f"{path}: model file '{key}' is corrupt: sha256 {actual}, expected {expected}")
+        check_file(path, entry, key)
+    elif not path.is_file():
+        raise FileNotFoundError(f"{path}: model file '{key}' is missing (expected sha256 {entry['sha256']})")
     return path
+
+
+def file_problems(manifest: Dict[str, Any], model_dir: Path, variant: Optional[str] = None) -> List[str]:
+    """What is wrong with the files ``variant`` runs (each role it has: missing, wrong size, wrong
+    sha256), one message per file; empty when they are intact."""
+    roles = set(manifest["files"]) | set(manifest.get("variants", {}).get(variant, {}).get("files", {}))
+    problems: List[str] = []
+    for key in sorted(roles & set(FILE_KEYS + OPTIONAL_FILE_KEYS)):
+        entry = file_entry(manifest, model_dir, key, variant)
+        if entry is None:
+            continue
+        try:
+            check_file(Path(model_dir) / entry["path"], entry, key)
+        except (OSError, ValueError) as exc:
+            problems.append(str(exc))
+    return problems
 
 
 def load_manifest(model_dir: Path) -> Dict[str, Any]:
