@@ -269,3 +269,90 @@ def test_a_rung_that_does_not_load_gives_way(two_rung_model: Path, tmp_path: Pat
                      str(report)]) == 0
     assert read_json(report)["model"]["variant"] == "small"
     assert {"probe": "rung large cannot be probed", "load": "rung large does not load"}[where] in caplog.text
+
+
+# --- D8 and 500,000 classes: the class side within the time budget, the stop and the memory cap ----------
+
+def test_class_vectors_are_the_mean_of_each_class_prompts(tiny_model: Path) -> None:
+    """Encoded a batch at a time into one (C, D) array: the same vectors as all prompts at once."""
+    from zeroshot.encoders import Model
+    from zeroshot.text import build_prompts
+
+    model = Model(tiny_model, threads=1)
+    names = [f"класс {i}" for i in range(150)]  # 300 prompts: batches cross the template boundary
+    templates = model.text_cfg["templates"]
+    vecs = model.encode_texts(build_prompts(names, templates, model.text_cfg["normalize"]))
+    vecs = vecs / np.linalg.norm(vecs, axis=1, keepdims=True)  # the tiny model scores by cosine
+    expected = vecs.reshape(len(templates), len(names), -1).mean(axis=0)
+    np.testing.assert_allclose(model.class_vectors(names), expected, rtol=1e-5, atol=1e-6)
+    assert model.class_vectors(["а", "б"]).shape == (2, model.text_dim())
+
+
+def _slow_text(monkeypatch: pytest.MonkeyPatch, seconds: float, calls: list, after=None) -> None:
+    """Every text batch (one tokenisation and encoder run) takes ``seconds`` more; ``after(n)`` runs
+    after the n-th."""
+    from zeroshot.encoders import Model
+
+    tokenize = Model.token_batch
+
+    def slow(self, texts):
+        time.sleep(seconds)
+        calls.append(len(texts))
+        if after is not None:
+            after(len(calls))
+        return tokenize(self, texts)
+
+    monkeypatch.setattr(Model, "token_batch", slow)
+
+
+def test_class_names_that_cannot_be_encoded_in_time_are_given_up(tiny_model: Path, tmp_path: Path,
+                                                                 monkeypatch: pytest.MonkeyPatch) -> None:
+    """D8 at small scale: 6,000 classes x 2 templates at 20 ms per 64 prompts need ~4 s; the budget has 1 s.
+    The encoding stops once its measured speed projects past the budget, and the run ends in time."""
+    root = tmp_path / "data"
+    make_dataset(root, "many", NAMES, 4)
+    (root / "many" / "classes.json").write_text(json.dumps([f"класс {i}" for i in range(6000)]), encoding="utf-8")
+    make_dataset(root, "small", NAMES, 4, seed=1)
+    calls: list = []
+    _slow_text(monkeypatch, 0.02, calls)
+    report = tmp_path / "r.json"
+    started = time.monotonic()
+    assert cli.main([str(root), str(tmp_path / "o.json"), "--model", str(tiny_model), "--time-budget", "1",
+                     "--report", str(report)]) == 0
+    assert time.monotonic() - started < 3.0
+    assert len(calls) < 20, "the encoding went on past its projection"
+    rep = read_json(report)
+    assert rep["datasets"]["many"]["tiers"]["prior"] == 4
+    assert any("class names given up after" in p for p in rep["datasets"]["many"]["problems"])
+    assert len(read_json(tmp_path / "o.json")["many"]) == 4
+
+
+def test_sigterm_stops_class_encoding_within_a_batch(tiny_model: Path, tmp_path: Path,
+                                                     monkeypatch: pytest.MonkeyPatch) -> None:
+    root = tmp_path / "data"
+    make_dataset(root, "many", NAMES, 4)
+    (root / "many" / "classes.json").write_text(json.dumps([f"класс {i}" for i in range(5000)]), encoding="utf-8")
+    calls: list = []
+    _slow_text(monkeypatch, 0.005, calls, after=lambda n: n == 3 and os.kill(os.getpid(), signal.SIGTERM))
+    out = tmp_path / "o.json"
+    assert cli.main([str(root), str(out), "--model", str(tiny_model)]) == cli.EXIT_TERMINATED
+    assert len(calls) == 3
+    assert len(read_json(out)["many"]) == 4
+
+
+def test_class_side_over_the_memory_cap_keeps_the_prior(tiny_model: Path, tmp_path: Path,
+                                                        monkeypatch: pytest.MonkeyPatch) -> None:
+    """500,000 names at small scale: a cap of 200 kB; 2,000 classes x 16 dims x 3 copies x 4 bytes is 384 kB."""
+    monkeypatch.setattr(pipeline, "CLASS_SIDE_BYTES", 200_000, raising=False)
+    root = tmp_path / "data"
+    make_dataset(root, "many", NAMES, 4)
+    (root / "many" / "classes.json").write_text(json.dumps([f"класс {i}" for i in range(2000)]), encoding="utf-8")
+    make_dataset(root, "small", NAMES, 4, seed=1)
+    calls: list = []
+    _slow_text(monkeypatch, 0.0, calls)
+    report = tmp_path / "r.json"
+    assert cli.main([str(root), str(tmp_path / "o.json"), "--model", str(tiny_model), "--report", str(report)]) == 0
+    rep = read_json(report)
+    assert rep["datasets"]["many"]["tiers"]["prior"] == 4 and rep["datasets"]["small"]["tiers"]["full"] == 4
+    assert any("more than the 0.0 GB the class side may use" in p for p in rep["datasets"]["many"]["problems"])
+    assert sum(calls) == len(NAMES) * 2, "only the small dataset's prompts were encoded"

@@ -88,6 +88,12 @@ class Budget:
         return ((self.prompt_cost or 0.0) * self.prompts_left
                 + (self.dataset_overhead or 0.0) * self.datasets_left)
 
+    def seconds_for_prompts(self, prompts: int) -> float:
+        """Seconds the ``prompts`` class prompts of the dataset at hand may take: the time left less the
+        projected prompts of the other datasets and the per-dataset overheads."""
+        others = (self.prompt_cost or 0.0) * max(self.prompts_left - prompts, 0)
+        return self.seconds_left() - others - (self.dataset_overhead or 0.0) * self.datasets_left
+
     def choose(self, batch: int) -> str:
         """The tier for the next ``batch`` images: the best one projected to finish in time."""
         left = self.seconds_left()

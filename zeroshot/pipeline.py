@@ -30,12 +30,17 @@ from .budget import FULL, PRIOR, TIERS, Budget, cheaper
 from .datasets import Dataset
 from .encoders import Model
 from .images import ImageError, decoded_pixels, load_image, preprocess
+from .limits import JUDGE_MEMORY_GB
 from .resources import PixelBudget
 from .scoring import class_logits, predict
 
 logger = logging.getLogger(__name__)
 
 LOOKAHEAD_BATCHES = 2
+# The class side of a dataset (class vectors and scores) may hold this much memory: half the judge's.
+CLASS_SIDE_BYTES = int(JUDGE_MEMORY_GB * 1e9 / 2)
+CLASS_VECTOR_COPIES = 3  # the class vectors, and the float32 and normalised copies class_logits makes
+SCORE_BYTES = 48  # per (image, class): the float32 scores and the float64 work arrays of predict()
 PROGRESS_EVERY_S = 10.0
 POLL_S = 0.1  # how often a wait for decodes checks the deadline and the stop flag
 
@@ -114,6 +119,45 @@ class Decoder:
             self._pool.shutdown(wait=False)
 
 
+def class_side_bytes(classes: int, images: int, dim: int) -> int:
+    """Bytes a dataset's class side holds at its peak: the (C, D) float32 class vectors with the copies
+    scoring makes, and the (N, C) scores with the work arrays of balancing and refinement."""
+    return classes * dim * 4 * CLASS_VECTOR_COPIES + images * classes * SCORE_BYTES
+
+
+class ClassGate:
+    """Asked between two text batches whether a dataset's class prompts may still be encoded.
+
+    No, once a stop is requested, or once the measured speed (the first batch,
+    a warm-up, left out) projects the rest past the seconds the budget leaves
+    for them (:meth:`Budget.seconds_for_prompts`); ``reason`` then says why.
+    """
+
+    def __init__(self, budget: Budget, stop: threading.Event, started: float) -> None:
+        self.budget, self.stop, self.started = budget, stop, started
+        self.done = 0
+        self.first: Optional[Tuple[int, float]] = None  # prompts done and the clock after the first batch
+        self.reason = ""
+
+    def __call__(self, done: int, total: int) -> bool:
+        self.done = done
+        now = time.monotonic()
+        if self.stop.is_set():
+            self.reason = f"stopped while encoding class names ({done}/{total} prompts done)"
+            return True
+        if done and self.first is None:
+            self.first = (done, now)
+        projected = 0.0
+        if self.first is not None and done > self.first[0]:
+            projected = (now - self.first[1]) / (done - self.first[0]) * (total - done)
+        allowed = self.budget.seconds_for_prompts(total)
+        if projected > allowed or allowed <= 0:
+            self.reason = (f"class names given up after {done}/{total} prompts in {now - self.started:.1f} s: the "
+                           f"rest would take about {projected:.0f} s, {max(allowed, 0.0):.0f} s are left for them")
+            return True
+        return False
+
+
 @dataclass
 class _Batch:
     start: int
@@ -176,18 +220,39 @@ class _DatasetRun:
                 batch.tier, batch.futures = PRIOR, []
 
     def class_vectors(self) -> Optional[np.ndarray]:
-        """float32 (C, D) class vectors, or None when the budget leaves no time for this dataset."""
-        prompts = len(self.ds.classes) * len(self.model.text_cfg["templates"])
-        if self._tier(min(self.batch_size, len(self.ds.images))) == PRIOR:
+        """float32 (C, D) class vectors, or None when the dataset stays on its prior: the budget leaves
+        no time for it, its class side would pass the memory cap, or the encoding was given up (the
+        reason is then one of the dataset's problems)."""
+        classes, images = len(self.ds.classes), len(self.ds.images)
+        prompts = classes * len(self.model.text_cfg["templates"])
+        if self._tier(min(self.batch_size, images)) == PRIOR:
             self.budget.record_prompts(prompts, 0.0, encoded=False)
             return None
+        need = class_side_bytes(classes, images, self.model.text_dim())
+        if need > CLASS_SIDE_BYTES:
+            self.budget.record_prompts(prompts, 0.0, encoded=False)
+            self._problem(f"{self.ds.root}: {classes} classes x {images} images would hold about {need / 1e9:.1f} GB "
+                          f"of class vectors and scores, more than the {CLASS_SIDE_BYTES / 1e9:.1f} GB the class side "
+                          "may use; the dataset gets its prior class")
+            return None
         started = time.monotonic()
+        gate = ClassGate(self.budget, self.stop, started)
+        vecs: Optional[np.ndarray] = None
         try:
-            return self.model.class_vectors(self.ds.classes)
+            vecs = self.model.class_vectors(self.ds.classes, gate)
         finally:
             seconds = time.monotonic() - started
             self.busy_s += seconds
-            self.budget.record_prompts(prompts, seconds)
+            done = prompts if vecs is not None else gate.done
+            self.budget.record_prompts(done, seconds)
+            self.budget.record_prompts(prompts - done, 0.0, encoded=False)
+        if vecs is None:
+            self._problem(f"{self.ds.root}: {gate.reason}; the dataset gets its prior class")
+        return vecs
+
+    def _problem(self, message: str) -> None:
+        logger.warning("%s", message)
+        self.problems.append(message)
 
     def _encode(self, batch: _Batch, class_vecs: np.ndarray) -> int:
         """Wait for a batch's decodes and score them; returns how many images got the batch's tier."""
@@ -288,7 +353,7 @@ def _predict(run: _DatasetRun, started: float) -> DatasetResult:
         class_vecs = run.class_vectors()
         if class_vecs is None:
             budget.record(PRIOR, len(ds.images), 0.0)
-            return prior_result(ds, started, list(ds.problems))
+            return prior_result(ds, started, ds.problems + run.problems)
         run.run_batches(class_vecs)
         labels = run.labels()
     except Exception as exc:  # one dataset's failure must not cost the others
