@@ -14,6 +14,7 @@ import io
 import logging
 import warnings
 from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Dict, Iterator, Optional, Tuple
 
@@ -152,21 +153,28 @@ def apply_orientation(img: Image.Image) -> Image.Image:
     return img if method is None else img.transpose(method)
 
 
-@contextmanager
-def _open_draft(path: Path, target: int) -> Iterator[Tuple[Image.Image, int, Optional[str]]]:
-    """Open ``path`` lazily (header only), warnings off, JPEG/MPO set to decode at reduced size.
+@dataclass
+class _Opened:
+    """An image opened for decoding: ``pixels`` it will hold (its size after draft mode plus
+    :func:`_coefficient_pixels`), its ``size`` in the file, and a ``note`` from :func:`_open`."""
 
-    Yields the image, the pixels decoding it allocates (its size after draft
-    mode plus :func:`_coefficient_pixels`) and a note from :func:`_open`.
-    """
+    img: Image.Image
+    pixels: int
+    size: Tuple[int, int]
+    note: Optional[str]
+
+
+@contextmanager
+def _open_draft(path: Path, target: int) -> Iterator[_Opened]:
+    """Open ``path`` lazily (header only), warnings off, JPEG/MPO set to decode at reduced size."""
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         img, note = _open(path)
         with img:
-            held = _coefficient_pixels(img)
+            size, held = img.size, _coefficient_pixels(img)
             if img.format in DRAFT_FORMATS:
                 img.draft("RGB", (target, target))
-            yield img, int(img.size[0]) * int(img.size[1]) + held, note
+            yield _Opened(img, int(img.size[0]) * int(img.size[1]) + held, size, note)
 
 
 def load_image(path: Path, target: int) -> Image.Image:
@@ -181,13 +189,14 @@ def load_image(path: Path, target: int) -> Image.Image:
     JPEG's full-size coefficient buffer counted).
     """
     try:
-        with _open_draft(path, target) as (img, pixels, note):
-            if pixels > MAX_DECODE_PIXELS:
+        with _open_draft(path, target) as opened:
+            img = opened.img
+            if opened.pixels > MAX_DECODE_PIXELS:
                 kind = " progressive" if img.info.get("progressive") else ""
-                raise ImageError(f"{path}: {img.format}{kind} image ({img.size[0]}x{img.size[1]} decoded) is too "
-                                 f"large to decode safely: {pixels} pixels in memory, limit {MAX_DECODE_PIXELS}")
-            if note:
-                logger.warning("%s", note)
+                raise ImageError(f"{path}: {opened.size[0]}x{opened.size[1]}{kind} {img.format} image is too large "
+                                 f"to decode safely: {opened.pixels} pixels in memory, limit {MAX_DECODE_PIXELS}")
+            if opened.note:
+                logger.warning("%s", opened.note)
             img.load()
             return _to_rgb(apply_orientation(img))
     except ImageError:
@@ -203,8 +212,8 @@ def decoded_pixels(path: Path, target: int) -> int:
     0 if the header cannot be read (load_image then raises the ImageError).
     """
     try:
-        with _open_draft(path, target) as (_, pixels, _note):
-            return pixels
+        with _open_draft(path, target) as opened:
+            return opened.pixels
     except Exception:  # Pillow raises many types for broken files
         return 0
 
