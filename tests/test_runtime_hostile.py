@@ -307,22 +307,23 @@ def _slow_text(monkeypatch: pytest.MonkeyPatch, seconds: float, calls: list, aft
 
 def test_class_names_that_cannot_be_encoded_in_time_are_given_up(tiny_model: Path, tmp_path: Path,
                                                                  monkeypatch: pytest.MonkeyPatch) -> None:
-    """D8 at small scale: 6,000 classes x 2 templates at 20 ms per 64 prompts need ~4 s; the budget has 1 s.
-    The encoding stops once its measured speed projects past the budget, and the run ends in time."""
+    """D8 at small scale: 12,000 classes x 2 templates at 20 ms per 64 prompts need 7.5 s; the budget has 3 s.
+    The encoding stops once a second of measured speed projects past the budget, and the run ends in time."""
     root = tmp_path / "data"
     make_dataset(root, "many", NAMES, 4)
-    (root / "many" / "classes.json").write_text(json.dumps([f"класс {i}" for i in range(6000)]), encoding="utf-8")
+    classes = [f"класс {i}" for i in range(12000)]
+    (root / "many" / "classes.json").write_text(json.dumps(classes), encoding="utf-8")
     make_dataset(root, "small", NAMES, 4, seed=1)
     calls: list = []
     _slow_text(monkeypatch, 0.02, calls)
     report = tmp_path / "r.json"
     started = time.monotonic()
-    assert cli.main([str(root), str(tmp_path / "o.json"), "--model", str(tiny_model), "--time-budget", "1",
+    assert cli.main([str(root), str(tmp_path / "o.json"), "--model", str(tiny_model), "--time-budget", "3",
                      "--report", str(report)]) == 0
-    assert time.monotonic() - started < 3.0
-    assert len(calls) < 20, "the encoding went on past its projection"
+    assert time.monotonic() - started < 5.0
+    assert len(calls) < 150, "the encoding went on past its projection"
     rep = read_json(report)
-    assert rep["datasets"]["many"]["tiers"]["prior"] == 4
+    assert rep["datasets"]["many"]["tiers"]["prior"] == 4 and rep["datasets"]["small"]["tiers"]["full"] == 4
     assert any("class names given up after" in p for p in rep["datasets"]["many"]["problems"])
     assert len(read_json(tmp_path / "o.json")["many"]) == 4
 

@@ -39,8 +39,11 @@ logger = logging.getLogger(__name__)
 LOOKAHEAD_BATCHES = 2
 # The class side of a dataset (class vectors and scores) may hold this much memory: half the judge's.
 CLASS_SIDE_BYTES = int(JUDGE_MEMORY_GB * 1e9 / 2)
+# An upper bound, not a fit: 20,000 classes x 200 images with the default model (D = 1000, dot scores,
+# no balancing at that ratio) raised the peak RSS by 190 MB; class_side_bytes says 432 MB.
 CLASS_VECTOR_COPIES = 3  # the class vectors, and the float32 and normalised copies class_logits makes
 SCORE_BYTES = 48  # per (image, class): the float32 scores and the float64 work arrays of predict()
+CLASS_GATE_MEASURE_S = 1.0  # class prompts are encoded this long before their speed may stop them
 PROGRESS_EVERY_S = 10.0
 POLL_S = 0.1  # how often a wait for decodes checks the deadline and the stop flag
 
@@ -128,9 +131,10 @@ def class_side_bytes(classes: int, images: int, dim: int) -> int:
 class ClassGate:
     """Asked between two text batches whether a dataset's class prompts may still be encoded.
 
-    No, once a stop is requested, or once the measured speed (the first batch,
-    a warm-up, left out) projects the rest past the seconds the budget leaves
-    for them (:meth:`Budget.seconds_for_prompts`); ``reason`` then says why.
+    No, once a stop is requested, once the budget leaves no time for them
+    (:meth:`Budget.seconds_for_prompts`), or once the speed measured over
+    CLASS_GATE_MEASURE_S seconds (the first batch, a warm-up, left out)
+    projects the rest past that time; ``reason`` then says why.
     """
 
     def __init__(self, budget: Budget, stop: threading.Event, started: float) -> None:
@@ -148,7 +152,7 @@ class ClassGate:
         if done and self.first is None:
             self.first = (done, now)
         projected = 0.0
-        if self.first is not None and done > self.first[0]:
+        if self.first is not None and now - self.first[1] >= CLASS_GATE_MEASURE_S:
             projected = (now - self.first[1]) / (done - self.first[0]) * (total - done)
         allowed = self.budget.seconds_for_prompts(total)
         if projected > allowed or allowed <= 0:
