@@ -52,6 +52,14 @@ def test_classes_json_in_other_encodings(tmp_path: Path, encoding: str, prefix: 
     assert read_classes(path) == NAMES
 
 
+def test_oversized_classes_json_is_not_read(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(datasets, "MAX_CLASSES_BYTES", 100)
+    path = tmp_path / "classes.json"
+    path.write_text(json.dumps([f"класс {i}" for i in range(50)]), encoding="utf-8")
+    with pytest.raises(datasets.DatasetError, match="more than the 100 a classes.json may have"):
+        read_classes(path)
+
+
 def test_cp1251_fallback_is_said(tmp_path: Path, caplog) -> None:
     path = tmp_path / "classes.json"
     path.write_bytes(json.dumps(NAMES, ensure_ascii=False).encode("cp1251"))

@@ -26,6 +26,8 @@ logger = logging.getLogger(__name__)
 
 CLASSES_FILE = "classes.json"
 IMAGES_DIR = "img"
+# 500,000 names of 150 bytes are 76 MB; the bytes, their text and the parsed list hold about 7x the size
+MAX_CLASSES_BYTES = 200_000_000
 # byte order marks, longest first (UTF-32-LE's starts with UTF-16-LE's)
 BOMS = ((b"\xff\xfe\x00\x00", "utf-32-le"), (b"\x00\x00\xfe\xff", "utf-32-be"), (b"\xef\xbb\xbf", "utf-8"),
         (b"\xff\xfe", "utf-16-le"), (b"\xfe\xff", "utf-16-be"))
@@ -149,9 +151,14 @@ def read_classes(path: Path) -> List[str]:
     Encodings other than UTF-8 are read (:func:`decode_classes`), entries that
     are not strings become their text form (:func:`name_text`), each with a
     warning. Raises DatasetError naming the file when there is no list of
-    names to read (unreadable, not JSON, nested too deeply, not a non-empty list).
+    names to read (unreadable, over MAX_CLASSES_BYTES, not JSON, nested too
+    deeply, not a non-empty list).
     """
     try:
+        size = path.stat().st_size
+        if size > MAX_CLASSES_BYTES:
+            raise DatasetError(f"{path}: {size} bytes, more than the {MAX_CLASSES_BYTES} a classes.json may have "
+                               "(reading it would hold about 7 times that in memory)")
         raw = path.read_bytes()
     except OSError as exc:
         raise DatasetError(f"{path}: cannot read: {exc.strerror or exc}") from exc
