@@ -1,7 +1,7 @@
 """Writing ``manifest.json`` beside the exported files: the one place constants are set.
 
 Every builder and exporter ends with :func:`write_manifest`, which fills in the
-sha256 of each file, reads the result through the runtime's own type
+sha256 and the size of each file, reads the result through the runtime's own type
 (:class:`zeroshot.manifest.Manifest`: unknown keys and bad values are errors,
 defaults filled in) and writes that type's deterministic JSON.
 """
@@ -17,8 +17,10 @@ from zeroshot.manifest import FORMAT_VERSION, MANIFEST_NAME, Manifest, sha256_fi
 logger = logging.getLogger(__name__)
 
 
-def _file_entries(model_dir: Path, files: Dict[str, str]) -> Dict[str, Dict[str, str]]:
-    return {role: {"path": name, "sha256": sha256_file(model_dir / name)} for role, name in sorted(files.items())}
+def _file_entries(model_dir: Path, files: Dict[str, str]) -> Dict[str, Dict[str, Any]]:
+    """role -> {"path", "sha256", "size" (bytes)} of each file inside ``model_dir``."""
+    return {role: {"path": name, "sha256": sha256_file(model_dir / name), "size": (model_dir / name).stat().st_size}
+            for role, name in sorted(files.items())}
 
 
 def write_manifest(model_dir: Path, files: Dict[str, str], sections: Dict[str, Any],

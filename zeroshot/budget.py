@@ -8,6 +8,13 @@ seconds per image of each tier, the class prompts of the datasets not yet
 encoded at the measured seconds per prompt, and a measured overhead per
 dataset -- and picks the best tier that still ends before the deadline.
 
+The first batch of each tier is a warm-up (onnxruntime plans and allocates on
+its first run, and the first images pay for cold caches): it is not taken as
+the tier's speed, which would send images to the prior that the deadline had
+room for.
+Until a second batch is measured, a tier is tried whenever one more batch at
+the warm-up's speed still ends in time.
+
 The budget knows the total image count and the measured costs
 (:meth:`Budget.per_image`, :meth:`Budget.seconds_left`), so a start-up choice
 (e.g. which model to run) can ask it too.
@@ -56,6 +63,7 @@ class Budget:
         self.datasets_left = total_datasets
         self.fast_ratio = fast_ratio
         self.cost: Dict[str, Optional[float]] = {FULL: None, FAST: None}
+        self.warmup: Dict[str, Optional[float]] = {FULL: None, FAST: None}  # seconds per image, first batch
         self.prompt_cost: Optional[float] = None
         self.dataset_overhead: Optional[float] = None
         self.count: Dict[str, int] = {tier: 0 for tier in TIERS}
@@ -80,6 +88,12 @@ class Budget:
         return ((self.prompt_cost or 0.0) * self.prompts_left
                 + (self.dataset_overhead or 0.0) * self.datasets_left)
 
+    def seconds_for_prompts(self, prompts: int) -> float:
+        """Seconds the ``prompts`` class prompts of the dataset at hand may take: the time left less the
+        projected prompts of the other datasets and the per-dataset overheads."""
+        others = (self.prompt_cost or 0.0) * max(self.prompts_left - prompts, 0)
+        return self.seconds_left() - others - (self.dataset_overhead or 0.0) * self.datasets_left
+
     def choose(self, batch: int) -> str:
         """The tier for the next ``batch`` images: the best one projected to finish in time."""
         left = self.seconds_left()
@@ -87,8 +101,8 @@ class Budget:
         choice = PRIOR
         for tier in candidates:
             per = self.per_image(tier)
-            if per is None:  # nothing measured yet: try it if any time is left
-                if left > self.fixed_cost():
+            if per is None:  # no speed past the warm-up yet: try it if one batch at the warm-up's speed fits
+                if (self.warmup[tier] or 0.0) * batch + self.fixed_cost() < left:
                     choice = tier
                     break
                 continue
@@ -105,10 +119,14 @@ class Budget:
         return self.seconds_left() <= 0
 
     def record(self, tier: str, images: int, seconds: float) -> None:
-        """Account for ``images`` done on ``tier`` in ``seconds`` (smoothed cost per image)."""
+        """Account for ``images`` done on ``tier`` in ``seconds`` (smoothed cost per image; a tier's
+        first batch is its warm-up, kept apart)."""
         self.remaining = max(0, self.remaining - images)
         self.count[tier] += images
         if tier == PRIOR or images == 0:
+            return
+        if self.warmup[tier] is None:
+            self.warmup[tier] = seconds / images
             return
         self.cost[tier] = _smooth(self.cost[tier], seconds / images)
 
@@ -130,5 +148,6 @@ class Budget:
         """The budget for the run report: seconds, images, measured costs and images per tier."""
         return {"seconds": self.seconds, "total_images": self.total_images,
                 "seconds_per_image": {t: self.per_image(t) for t in (FULL, FAST)},
+                "warmup_seconds_per_image": dict(self.warmup),
                 "seconds_per_prompt": self.prompt_cost, "overhead_per_dataset_s": self.dataset_overhead,
                 "tiers": dict(self.count)}

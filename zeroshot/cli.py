@@ -33,7 +33,7 @@ from .command import make_parser, parse_args, positive_int
 from .datasets import Dataset, discover
 from .encoders import Model, make_session
 from .images import MAX_DECODE_PIXELS
-from .ladder import select_rung
+from .ladder import cheaper_intact, load_first, rungs, select_rung
 from .limits import JUDGE_TIME_LIMIT_S, MODEL_DIR
 from .manifest import load_manifest
 from .outputs import Predictions, PredictionsFile
@@ -99,17 +99,20 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def check(model_dir: Path, variant: Optional[str]) -> int:
-    """Load the model and log the runtime's versions; 0 if everything loads, 2 if not."""
+    """Load the model and log the runtime's versions; 0 if it loads (without ``variant``: its default
+    files, else any rung of its ladder, richest first), 2 if not."""
     limit = effective_cpus()
     try:
-        model = Model(model_dir, variant=variant, threads=limit.cpus)
+        candidates = [variant] if variant else [None] + list(reversed(rungs(load_manifest(model_dir))))
+        model = load_first(candidates, lambda v: Model(model_dir, variant=v, threads=limit.cpus))
     except (FileNotFoundError, ValueError) as exc:
         logger.error("%s", exc)
         return 2
     logger.info("python %s; %s", sys.version.split()[0],
                 ", ".join(f"{k} {v}" for k, v in package_versions().items()))
-    logger.info("model %s (%s): loads, all files match their sha256; %d CPUs (%s: %s)", model_dir,
-                model.manifest.name, limit.cpus, limit.source, limit.detail)
+    logger.info("model %s (%s, %s): loads, its files match their sha256; %d CPUs (%s: %s)", model_dir,
+                model.manifest.name, model.variant or "default files", limit.cpus, limit.source,
+                limit.detail)
     return 0
 
 
@@ -158,22 +161,35 @@ def stop_on_signals() -> Iterator[StopRequest]:
 
 
 def initial_predictions(datasets: List[Dataset]) -> Predictions:
-    """Every image with its dataset's prior class: the answer before any inference."""
-    return {ds.name: {image_id: ds.prior_class() for image_id in ds.ids} for ds in datasets}
+    """Every image with its dataset's prior class: the answer before any inference (class 0 while the
+    class names are not read yet), in time independent of the class count."""
+    return {ds.name: dict.fromkeys(ds.ids, ds.prior_class()) for ds in datasets}
+
+
+def load_classes(datasets: List[Dataset], out: PredictionsFile) -> None:
+    """Read every dataset's class names, once the placeholder JSON is on disk; a dataset whose prior
+    class is not 0 (its first name empty) gets its placeholder rewritten."""
+    for ds in datasets:
+        ds.load_classes()
+        if ds.prior_class():
+            out.update(ds.name, dict.fromkeys(ds.ids, ds.prior_class()))
 
 
 def make_model(args: argparse.Namespace, limit: CpuLimit, paths: List[Path], budget_s: float) -> Model:
     """The model with onnxruntime sized to ``limit`` (no spinning under a cgroup quota or on one CPU).
 
     Without ``--variant``, the accuracy ladder (zeroshot.ladder) picks the
-    variant for the images ``paths`` and ``budget_s`` seconds.
+    variant for the images ``paths`` and ``budget_s`` seconds among the intact
+    rungs; one that does not load falls back to the next cheaper intact rung.
     """
     spinning = limit.cpus > 1 and limit.source in (AFFINITY, FLAG)
-    variant = args.variant
-    if variant is None:
-        variant = select_rung(args.model, load_manifest(args.model), args.rung, paths, budget_s, limit.cpus,
+    candidates: List[Optional[str]] = [args.variant]
+    if args.variant is None:
+        manifest = load_manifest(args.model)
+        variant = select_rung(args.model, manifest, args.rung, paths, budget_s, limit.cpus,
                               lambda path, threads: make_session(path, threads, spinning))
-    return Model(args.model, threads=limit.cpus, variant=variant, spinning=spinning)
+        candidates = [variant] + ([] if args.rung else cheaper_intact(args.model, manifest, variant))
+    return load_first(candidates, lambda v: Model(args.model, threads=limit.cpus, variant=v, spinning=spinning))
 
 
 def main(argv: Optional[List[str]] = None) -> int:
@@ -191,7 +207,7 @@ def main(argv: Optional[List[str]] = None) -> int:
         logger.info("no glibc mallopt here: freed image memory may stay with its decoding thread")
     with stop_on_signals() as stop:
         try:
-            datasets, problems = discover(args.datasets_dir)
+            datasets, problems = discover(args.datasets_dir, classes=False)
             out = PredictionsFile(args.out_json)
             out.start(initial_predictions(datasets))
         except (OSError, ValueError) as exc:
@@ -205,6 +221,7 @@ def main(argv: Optional[List[str]] = None) -> int:
 def predict_all(args: argparse.Namespace, datasets: List[Dataset], problems: List[str], out: PredictionsFile,
                 report: RunReport, stop: StopRequest, started: float) -> int:
     """Load the model, predict every dataset into ``out`` and the report; the exit code."""
+    load_classes(datasets, out)
     for problem in problems:
         logger.warning("%s", problem)
     limit = effective_cpus(args.threads)

@@ -18,7 +18,7 @@ import json
 import logging
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import List, Tuple
+from typing import Any, List, Optional, Tuple
 
 import numpy as np
 
@@ -26,6 +26,11 @@ logger = logging.getLogger(__name__)
 
 CLASSES_FILE = "classes.json"
 IMAGES_DIR = "img"
+# 500,000 names of 150 bytes are 76 MB; the bytes, their text and the parsed list hold about 7x the size
+MAX_CLASSES_BYTES = 200_000_000
+# byte order marks, longest first (UTF-32-LE's starts with UTF-16-LE's)
+BOMS = ((b"\xff\xfe\x00\x00", "utf-32-le"), (b"\x00\x00\xfe\xff", "utf-32-be"), (b"\xef\xbb\xbf", "utf-8"),
+        (b"\xff\xfe", "utf-16-le"), (b"\xfe\xff", "utf-16-be"))
 
 
 class DatasetError(ValueError):
@@ -34,11 +39,15 @@ class DatasetError(ValueError):
 
 @dataclass
 class Dataset:
-    """One dataset: its class names and its images (sorted), with their ids."""
+    """One dataset: its class names and its images (sorted), with their ids.
+
+    ``classes`` is empty until :meth:`load_classes` has read them, and stays
+    empty when they cannot be read (every image then gets class 0).
+    """
 
     name: str
     root: Path
-    classes: List[str]
+    classes: List[str] = field(default_factory=list)
     images: List[Path] = field(default_factory=list)
     ids: List[str] = field(default_factory=list)
     problems: List[str] = field(default_factory=list)
@@ -48,13 +57,32 @@ class Dataset:
         return class_mask(self.classes)
 
     def prior_class(self) -> int:
-        """The class an image gets before any inference: the first one that may be predicted."""
-        return int(np.argmax(self.class_mask()))
+        """The class an image gets before any inference: the first one that may be predicted (0 without classes)."""
+        mask = self.class_mask()
+        return int(np.argmax(mask)) if mask.size else 0
+
+    def load_classes(self) -> None:
+        """Read ``classes.json`` into ``classes``; a file that cannot be read leaves them empty, with a problem."""
+        path = self.root / CLASSES_FILE
+        try:
+            self.classes = read_classes(path)
+        except DatasetError as exc:
+            self.classes = []
+            self.problems.append(f"{exc}; all {len(self.ids)} images of dataset '{self.name}' get class 0")
+            return
+        mask = self.class_mask()
+        if not mask.all():
+            self.problems.append(f"{path}: empty or repeated class names at {np.flatnonzero(~mask).tolist()[:20]}; "
+                                 "they are never predicted (a repeat's first occurrence is used)")
 
 
 def has_surrogates(text: str) -> bool:
     """True if ``text`` holds a lone surrogate (a name that is not valid UTF-8, or a JSON "\\ud800")."""
-    return any("\ud800" <= ch <= "\udfff" for ch in text)
+    try:
+        text.encode("utf-8")  # at C speed: a 76 MB classes.json is checked in a fraction of a second
+    except UnicodeEncodeError:
+        return True
+    return False
 
 
 def clean_text(text: str) -> str:
@@ -71,25 +99,84 @@ def image_id(path: Path) -> str:
     return stem if dot and stem else name
 
 
-def read_classes(path: Path) -> List[str]:
-    """The class names in ``classes.json``: a non-empty JSON list of strings.
+def _zero_pattern_codec(head: bytes) -> Optional[str]:
+    """The UTF-16/32 codec a JSON text without a byte order mark is in, from where its first four
+    bytes are zero (RFC 4627: the first two characters are ASCII), or None."""
+    if len(head) < 4:
+        return None
+    zeros = tuple(b == 0 for b in head[:4])
+    return {(True, True, True, False): "utf-32-be", (False, True, True, True): "utf-32-le",
+            (True, False, True, False): "utf-16-be", (False, True, False, True): "utf-16-le"}.get(zeros)
 
-    Raises DatasetError naming the file and the problem.
+
+def decode_classes(raw: bytes, path: Path) -> str:
+    """The text of the classes.json at ``path`` from its bytes; says how it was read when not UTF-8.
+
+    A byte order mark names the encoding (UTF-8, UTF-16, UTF-32); without one,
+    UTF-16/32 is recognised by its zero bytes, and bytes that are not UTF-8 are
+    read as cp1251 (what a Russian Windows writes), with a warning.
+    """
+    for bom, codec in BOMS:
+        if raw.startswith(bom):
+            if codec != "utf-8":
+                logger.info("%s: read as %s (byte order mark)", path, codec)
+            return raw[len(bom):].decode(codec, errors="replace")
+    codec = _zero_pattern_codec(raw)
+    if codec is not None:
+        logger.warning("%s: not UTF-8; read as %s (zero bytes, no byte order mark)", path, codec)
+        return raw.decode(codec, errors="replace")
+    try:
+        return raw.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        logger.warning("%s: not UTF-8 (%s); read as cp1251", path, exc)
+    return raw.decode("cp1251", errors="replace")
+
+
+def name_text(value: Any) -> str:
+    """A class name as text: strings as they are, a list of strings joined with ", " (synonyms),
+    anything else (numbers, NaN, null, true, nested lists) as its JSON text ("" if nested too deeply)."""
+    if isinstance(value, str):
+        return value
+    if isinstance(value, list) and value and all(isinstance(v, str) for v in value):
+        return ", ".join(value)
+    try:
+        return json.dumps(value, ensure_ascii=False)
+    except (RecursionError, ValueError):
+        return ""
+
+
+def read_classes(path: Path) -> List[str]:
+    """The class names in ``classes.json``: a non-empty JSON list, each entry a name.
+
+    Encodings other than UTF-8 are read (:func:`decode_classes`), entries that
+    are not strings become their text form (:func:`name_text`), each with a
+    warning. Raises DatasetError naming the file when there is no list of
+    names to read (unreadable, over MAX_CLASSES_BYTES, not JSON, nested too
+    deeply, not a non-empty list).
     """
     try:
+        size = path.stat().st_size
+        if size > MAX_CLASSES_BYTES:
+            raise DatasetError(f"{path}: {size} bytes, more than the {MAX_CLASSES_BYTES} a classes.json may have "
+                               "(reading it would hold about 7 times that in memory)")
         raw = path.read_bytes()
     except OSError as exc:
-        raise DatasetError(f"{path}: cannot read: {exc}") from exc
+        raise DatasetError(f"{path}: cannot read: {exc.strerror or exc}") from exc
+    text = decode_classes(raw, path)
     try:
-        data = json.loads(raw.decode("utf-8-sig"))
-    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise DatasetError(f"{path}: not valid UTF-8 JSON: {exc}") from exc
+        data = json.loads(text)
+    except RecursionError:
+        raise DatasetError(f"{path}: JSON nested too deeply to read") from None
+    except json.JSONDecodeError as exc:
+        raise DatasetError(f"{path}: not valid JSON: {exc}") from exc
     if not isinstance(data, list) or not data:
         raise DatasetError(f"{path}: expected a non-empty JSON list of class names, got {type(data).__name__}"
                            + (" (empty)" if isinstance(data, list) else ""))
     bad = [i for i, v in enumerate(data) if not isinstance(v, str)]
     if bad:
-        raise DatasetError(f"{path}: class names must be strings; entries {bad[:5]} are not")
+        logger.warning("%s: class names %s are not strings (%s); their text form is used", path, bad[:5],
+                       ", ".join(sorted({type(data[i]).__name__ for i in bad})))
+        data = [name_text(v) for v in data]
     broken = [i for i, v in enumerate(data) if has_surrogates(v)]
     if broken:
         logger.warning("%s: class names %s hold lone surrogates (not text); they are replaced by U+FFFD",
@@ -98,7 +185,10 @@ def read_classes(path: Path) -> List[str]:
 
 
 def class_mask(classes: List[str]) -> np.ndarray:
-    """bool (C,): False for empty names and for repeats of an earlier name (the first one wins)."""
+    """bool (C,): False for empty names and for repeats of an earlier name (the first one wins).
+
+    At least one class stays allowed when there is any.
+    """
     seen = set()
     mask = np.ones(len(classes), dtype=bool)
     for i, name in enumerate(classes):
@@ -106,7 +196,7 @@ def class_mask(classes: List[str]) -> np.ndarray:
         if not key or key in seen:
             mask[i] = False
         seen.add(key)
-    if not mask.any():
+    if len(mask) and not mask.any():
         mask[0] = True
     return mask
 
@@ -140,12 +230,13 @@ def list_images(img_dir: Path) -> Tuple[List[Path], List[str], List[str]]:
     return images, ids, problems
 
 
-def discover(root: Path) -> Tuple[List[Dataset], List[str]]:
+def discover(root: Path, classes: bool = True) -> Tuple[List[Dataset], List[str]]:
     """The datasets under ``root`` (sorted by name) and the problems found on the way.
 
-    A subdirectory without classes.json is reported and skipped; one whose
-    classes.json is malformed is reported and skipped. Raises
-    FileNotFoundError if ``root`` is not a directory.
+    A dataset is a subdirectory holding a ``classes.json`` (readable or not);
+    one without is reported and skipped. With ``classes`` false the class names are not read
+    yet (:meth:`Dataset.load_classes`), so listing costs nothing per class.
+    Raises FileNotFoundError if ``root`` is not a directory.
     """
     if not root.is_dir():
         raise FileNotFoundError(f"{root}: datasets directory not found")
@@ -159,19 +250,12 @@ def discover(root: Path) -> Tuple[List[Dataset], List[str]]:
         if sub.name.startswith(".") or not sub.is_dir():
             continue
         classes_path = sub / CLASSES_FILE
-        if not classes_path.is_file():
+        if not (classes_path.exists() or classes_path.is_symlink()):
             problems.append(f"{sub}: no {CLASSES_FILE}; not a dataset, skipped")
             continue
-        try:
-            classes = read_classes(classes_path)
-        except DatasetError as exc:
-            problems.append(f"{exc}; dataset '{sub.name}' skipped")
-            continue
         images, ids, img_problems = list_images(sub / IMAGES_DIR)
-        ds = Dataset(sub.name, sub, classes, images, ids, img_problems)
-        mask = ds.class_mask()
-        if not mask.all():
-            ds.problems.append(f"{classes_path}: empty or repeated class names at {np.flatnonzero(~mask).tolist()}; "
-                               "they are never predicted (a repeat's first occurrence is used)")
+        ds = Dataset(sub.name, sub, [], images, ids, img_problems)
+        if classes:
+            ds.load_classes()
         datasets.append(ds)
     return datasets, problems

@@ -13,14 +13,14 @@ from __future__ import annotations
 
 import logging
 from pathlib import Path
-from typing import Any, List, Optional, Sequence, Tuple
+from typing import Any, Callable, List, Optional, Sequence, Tuple
 
 import numpy as np
 
 from .linear import load_head
 from .manifest import ImageConfig, Manifest, TextConfig, resolve_file
 from .resources import effective_cpus
-from .text import build_prompts, load_tokenizer
+from .text import fill, load_tokenizer, normalize_name
 
 logger = logging.getLogger(__name__)
 
@@ -93,6 +93,7 @@ class Model:
                                                    if self.text_cfg.attention_mask else [])
         _check_io(self._text, txt_path, text_inputs, self.text_cfg.output)
         self.head = load_head(self.dir, self.manifest, verify)
+        self._text_dim: Optional[int] = None
 
     @property
     def batch_size(self) -> int:
@@ -136,15 +137,45 @@ class Model:
             chunks.append(np.asarray(out, dtype=np.float32).reshape(len(ids), -1))
         return np.concatenate(chunks, axis=0)
 
-    def class_vectors(self, names: Sequence[str]) -> np.ndarray:
+    def text_dim(self) -> int:
+        """D, the length of a text vector: from the graph's output shape, else by encoding one prompt."""
+        if self._text_dim is None:
+            shape = next(o.shape for o in self._text.get_outputs() if o.name == self.text_cfg.output)
+            last = shape[-1] if shape else None
+            self._text_dim = int(last) if isinstance(last, int) else int(self.encode_texts(["a"]).shape[1])
+        return self._text_dim
+
+    def class_vectors(self, names: Sequence[str],
+                      give_up: Optional[Callable[[int, int], bool]] = None) -> Optional[np.ndarray]:
         """Class names -> float32 (C, D): each class's prompts encoded and averaged.
 
         With cosine similarity each prompt vector is L2-normalised before the
         mean (the CLIP recipe); the mean is normalised again when scoring.
+        Prompts are formed and encoded TEXT_BATCH at a time (template-major:
+        prompt ``t * C + c`` is template t of class c) and summed into one
+        (C, D) array, so memory holds the class vectors once, not a vector
+        per prompt. ``give_up(done, total)`` is asked before each batch with
+        the prompts encoded so far; when it returns True the encoding stops
+        and None is returned.
         """
         templates = self.text_cfg.templates
-        prompts = build_prompts(names, templates, self.text_cfg.normalize)
-        vecs = self.encode_texts(prompts).reshape(len(templates), len(names), -1)
-        if self.manifest.score.similarity == "cosine":
-            vecs = vecs / np.maximum(np.linalg.norm(vecs, axis=-1, keepdims=True), 1e-12)
-        return vecs.mean(axis=0)
+        normalized = [normalize_name(n, self.text_cfg.normalize) for n in names]
+        cosine = self.manifest.score.similarity == "cosine"
+        total = len(templates) * len(normalized)
+        out: Optional[np.ndarray] = None
+        for start in range(0, total, TEXT_BATCH):
+            if give_up is not None and give_up(start, total):
+                return None
+            rows = np.arange(start, min(start + TEXT_BATCH, total)) % len(normalized)
+            prompts = [fill(templates[i // len(normalized)], normalized[i % len(normalized)])
+                       for i in range(start, start + len(rows))]
+            vecs = self.encode_texts(prompts)
+            if cosine:
+                vecs /= np.maximum(np.linalg.norm(vecs, axis=-1, keepdims=True), 1e-12)
+            if out is None:
+                out = np.zeros((len(normalized), vecs.shape[1]), dtype=np.float32)
+            np.add.at(out, rows, vecs)
+        if out is None:
+            return np.zeros((0, self.text_dim()), dtype=np.float32)
+        out /= len(templates)
+        return out

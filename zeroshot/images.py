@@ -1,28 +1,32 @@
 """Image decoding and preprocessing, written once: prediction, evaluation and the exporters' checks share it.
 
 :func:`load_image` turns any file into an RGB ``PIL.Image`` (EXIF orientation
-applied, alpha composited on white, 16-bit and float modes rescaled) or raises
-``ImageError`` naming the file. How a JPEG is decoded is the manifest's
-``image.decode``: ``exact`` decodes every pixel, as the checkpoint's own
-pipeline does (``Image.open`` + ``load``); ``draft`` decodes at a reduced DCT
-scale (Pillow's draft mode) when the image is more than twice the target size,
-which is faster and changes the pixels. :func:`preprocess` turns an RGB image
-into the float32 CHW array an image encoder takes, configured by the manifest's
-``image`` section: for an exported checkpoint, its own resize, crop and
-normalisation step by step. The same functions serve prediction, evaluation
-and the exporters' checks.
+applied when it can be read, malformed metadata skipped, alpha composited on
+white, 16-bit and float modes rescaled) or raises ``ImageError`` naming the
+file. How a JPEG is decoded is the manifest's ``image.decode``: ``exact``
+decodes every pixel, as the checkpoint's own pipeline does (``Image.open`` +
+``load``); ``draft`` decodes at a reduced DCT scale (Pillow's draft mode) when
+the image is more than twice the target size, which is faster and changes the
+pixels. What a decode will hold in memory (:func:`decoded_pixels`) counts a
+progressive JPEG's full-size coefficient buffer. :func:`preprocess` turns an
+RGB image into the float32 CHW array an image encoder takes, configured by the
+manifest's ``image`` section: for an exported checkpoint, its own resize, crop
+and normalisation step by step. The same functions serve prediction,
+evaluation and the exporters' checks.
 """
 
 from __future__ import annotations
 
+import io
 import logging
 import warnings
 from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterator, Tuple
+from typing import Iterator, Optional, Tuple
 
 import numpy as np
-from PIL import Image, ImageOps
+from PIL import Image
 
 from .manifest import DECODE_MODES, ImageConfig
 
@@ -39,6 +43,11 @@ IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".
 DRAFT_FORMATS = ("JPEG", "MPO")
 # image.decode: every pixel (the checkpoint's own decoding) or JPEG draft mode (reduced DCT scale)
 EXACT, DRAFT = DECODE_MODES
+# JPEG segments skipped when Pillow cannot parse a file's metadata: APP1..APP13 and APP15
+METADATA_MARKERS = frozenset(range(0xE1, 0xEE)) | {0xEF}
+ORIENTATION_TAG = 0x0112
+TRANSPOSE = {2: Image.FLIP_LEFT_RIGHT, 3: Image.ROTATE_180, 4: Image.FLIP_TOP_BOTTOM, 5: Image.TRANSPOSE,
+             6: Image.ROTATE_270, 7: Image.TRANSVERSE, 8: Image.ROTATE_90}
 
 _RESAMPLE = {
     "nearest": Image.NEAREST,
@@ -87,21 +96,115 @@ def _draft_wanted(img: Image.Image, decode: str) -> bool:
     return decode == DRAFT or img.size[0] * img.size[1] > MAX_DECODE_PIXELS
 
 
-@contextmanager
-def _open_draft(path: Path, target: int, decode: str = DRAFT, warn: bool = False) -> Iterator[Image.Image]:
-    """Open ``path`` lazily (header only), warnings off, JPEG/MPO set to decode at reduced size if ``decode`` says so.
+def _coefficient_pixels(img: Image.Image) -> int:
+    """What a progressive JPEG's decoder holds besides its output, in RGB pixels (3 bytes each).
 
-    ``warn``: log when an ``exact`` decode has to be reduced (the image is over MAX_DECODE_PIXELS).
+    libjpeg keeps every DCT coefficient of the full-size image (2 bytes per
+    sample, each component at its sampling factors) until the last scan, at
+    any draft scale; a baseline JPEG is decoded in strips and holds none.
+    Call before :meth:`Image.draft` (it needs the full size). 0 for other files.
     """
+    if img.format not in DRAFT_FORMATS or not img.info.get("progressive"):
+        return 0
+    layers = getattr(img, "layer", None) or [(None, 1, 1, None)] * len(img.getbands())
+    h_max, v_max = max(layer[1] for layer in layers), max(layer[2] for layer in layers)
+    width, height = img.size
+    blocks = sum(-(-width * h // (8 * h_max)) * -(-height * v // (8 * v_max)) for _, h, v, _ in layers)
+    return blocks * 64 * 2 // 3
+
+
+def _strip_metadata(data: bytes) -> Tuple[bytes, Optional[bytes]]:
+    """A JPEG's bytes without its metadata segments (APP1..APP13 and APP15: EXIF, XMP, ICC, MPF, ...)
+    and its raw EXIF block ("Exif\\0\\0..."; None if it has none). JFIF (APP0) and Adobe (APP14, which
+    says how CMYK is stored) stay. ``data`` unchanged when its segments cannot be walked."""
+    if data[:2] != b"\xff\xd8":
+        return data, None
+    kept, exif, pos = [data[:2]], None, 2
+    while pos + 4 <= len(data) and data[pos] == 0xFF:
+        marker = data[pos + 1]
+        if marker == 0xFF:  # fill byte
+            pos += 1
+            continue
+        if marker in (0xDA, 0xD9):  # start of scan (image data follows) or end of image
+            break
+        end = pos + 2 + int.from_bytes(data[pos + 2:pos + 4], "big")
+        if end <= pos + 3 or end > len(data):
+            return data, None
+        if marker in METADATA_MARKERS:
+            if exif is None and data[pos + 4:pos + 10] == b"Exif\x00\x00":
+                exif = data[pos + 4:end]
+        else:
+            kept.append(data[pos:end])
+        pos = end
+    return b"".join(kept) + data[pos:], exif
+
+
+def _open(path: Path) -> Tuple[Image.Image, Optional[str]]:
+    """``Image.open(path)`` (lazy), and a note when it only opened without the file's metadata.
+
+    A JPEG whose metadata Pillow cannot parse (a malformed EXIF block makes
+    Image.open itself fail) is opened again without its metadata segments;
+    its raw EXIF block stays in ``info["exif"]`` for the orientation.
+    """
+    try:
+        return Image.open(path), None
+    except Exception as exc:  # Pillow raises many types for broken files
+        with open(path, "rb") as handle:
+            raw = handle.read() if handle.read(2) == b"\xff\xd8" else b""  # only a JPEG is read whole
+        data, exif = _strip_metadata(b"\xff\xd8" + raw)
+        if not raw or len(data) == len(raw) + 2:  # not a JPEG, or no metadata to leave out
+            raise
+        try:
+            img = Image.open(io.BytesIO(data))
+        except Exception:
+            raise exc from None
+        if exif is not None:
+            img.info["exif"] = exif
+        return img, f"{path}: malformed metadata ({type(exc).__name__}: {exc}); pixels decoded without it"
+
+
+def orientation(img: Image.Image) -> int:
+    """The EXIF orientation of ``img``, 1..8 (1 when there is none or it cannot be read)."""
+    try:
+        value = img.getexif().get(ORIENTATION_TAG, 1)
+    except Exception:  # a malformed EXIF block: the pixels are still good
+        return 1
+    return value if isinstance(value, int) and 1 <= value <= 8 else 1
+
+
+def apply_orientation(img: Image.Image) -> Image.Image:
+    """``img`` turned upright as its EXIF orientation says (what ImageOps.exif_transpose does to the
+    pixels, without writing the EXIF block back, which fails on malformed ones)."""
+    method = TRANSPOSE.get(orientation(img))
+    return img if method is None else img.transpose(method)
+
+
+@dataclass
+class _Opened:
+    """An image opened for decoding: ``pixels`` it will hold (its size after draft mode plus
+    :func:`_coefficient_pixels`), its ``size`` in the file, and a ``note`` from :func:`_open`."""
+
+    img: Image.Image
+    pixels: int
+    size: Tuple[int, int]
+    note: Optional[str]
+
+
+@contextmanager
+def _open_draft(path: Path, target: int, decode: str = DRAFT, warn: bool = False) -> Iterator[_Opened]:
+    """Open ``path`` lazily (header only), warnings off, JPEG/MPO set to decode at reduced size if ``decode``
+    says so (:func:`_draft_wanted`). ``warn``: log when an ``exact`` decode has to be reduced."""
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        with Image.open(path) as img:
+        img, note = _open(path)
+        with img:
+            size, held = img.size, _coefficient_pixels(img)
             if _draft_wanted(img, decode):
                 if decode == EXACT and warn:
                     logger.warning("%s: %dx%d JPEG is over %d pixels: decoded at reduced size (draft mode)",
                                    path, img.size[0], img.size[1], MAX_DECODE_PIXELS)
                 img.draft("RGB", (target, target))
-            yield img
+            yield _Opened(img, int(img.size[0]) * int(img.size[1]) + held, size, note)
 
 
 def load_image(path: Path, target: int, decode: str = DRAFT) -> Image.Image:
@@ -112,20 +215,25 @@ def load_image(path: Path, target: int, decode: str = DRAFT) -> Image.Image:
     reduced, with a warning). ``draft`` (the default model's): JPEGs (and MPO,
     the multi-picture JPEG of phone cameras) are decoded through draft mode at
     the smallest DCT scale that keeps both sides >= ``target``. The first frame
-    of an animation is used. Raises ImageError (with the path and the reason)
-    for anything that cannot be decoded or would need more than
-    MAX_DECODE_PIXELS pixels, ValueError for an unknown ``decode``.
+    of an animation is used; EXIF orientation is applied when it can be read,
+    and malformed metadata is skipped (logged). Raises ImageError (with the
+    path and the reason) for anything that cannot be decoded or would need more
+    than MAX_DECODE_PIXELS pixels (a progressive JPEG's full-size coefficient
+    buffer counted), ValueError for an unknown ``decode``.
     """
     if decode not in DECODE_MODES:
         raise ValueError(f"image decode policy {decode!r}: expected one of {DECODE_MODES}")
     try:
-        with _open_draft(path, target, decode, warn=True) as img:
-            width, height = img.size
-            if width * height > MAX_DECODE_PIXELS:
-                raise ImageError(f"{path}: {width}x{height} {img.format} image is too large to decode "
-                                 f"safely (limit {MAX_DECODE_PIXELS} pixels)")
+        with _open_draft(path, target, decode, warn=True) as opened:
+            img = opened.img
+            if opened.pixels > MAX_DECODE_PIXELS:
+                kind = " progressive" if img.info.get("progressive") else ""
+                raise ImageError(f"{path}: {opened.size[0]}x{opened.size[1]}{kind} {img.format} image is too large "
+                                 f"to decode safely: {opened.pixels} pixels in memory, limit {MAX_DECODE_PIXELS}")
+            if opened.note:
+                logger.warning("%s", opened.note)
             img.load()
-            return _to_rgb(ImageOps.exif_transpose(img))
+            return _to_rgb(apply_orientation(img))
     except ImageError:
         raise
     except Exception as exc:  # Pillow raises many types for broken files
@@ -133,13 +241,14 @@ def load_image(path: Path, target: int, decode: str = DRAFT) -> Image.Image:
 
 
 def decoded_pixels(path: Path, target: int, decode: str = DRAFT) -> int:
-    """Pixels :func:`load_image` will decode for ``path`` under ``decode`` (after draft mode), from the header only.
+    """Pixels :func:`load_image` will hold for ``path`` under ``decode`` (after draft mode, a progressive
+    JPEG's coefficient buffer counted), from the header only.
 
     0 if the header cannot be read (load_image then raises the ImageError).
     """
     try:
-        with _open_draft(path, target, decode) as img:
-            return int(img.size[0]) * int(img.size[1])
+        with _open_draft(path, target, decode) as opened:
+            return opened.pixels
     except Exception:  # Pillow raises many types for broken files
         return 0
 

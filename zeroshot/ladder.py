@@ -9,25 +9,33 @@ judge's CPU is not the build machine's, and build-time timings would make
 ``make model`` non-deterministic); the first rung whose projected time fits
 within ``share`` (half) of the budget is used, and the per-batch guard
 (zeroshot.budget) still steps down if reality is slower.
+
+Only intact rungs compete: at start-up every rung's files are checked
+against the manifest (size and sha256, each file hashed once), a rung with a
+missing or corrupt file is left out with a warning, and a rung whose encoder
+cannot be probed or loaded gives way to the next cheaper one. The run fails
+only when no rung is intact.
 """
 
 from __future__ import annotations
 
 import logging
+import math
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Dict, List, Optional, Sequence
+from typing import Any, Callable, Dict, List, Optional, Sequence, TypeVar
 
 import numpy as np
 
-from .manifest import Manifest, resolve_file
+from .manifest import MANIFEST_NAME, Manifest, file_problems, resolve_file
 from .pipeline import decode_one
 
 logger = logging.getLogger(__name__)
 
 BUDGET_SHARE = 0.5
 PROBE_IMAGES = 4
+T = TypeVar("T")
 
 
 @dataclass
@@ -42,6 +50,39 @@ class Choice:
 def rungs(manifest: Manifest) -> List[str]:
     """The manifest's ladder (variant names, cheapest first); empty when it has none."""
     return list(manifest.ladder)
+
+
+def intact_rungs(model_dir: Path, manifest: Manifest, names: Sequence[str]) -> List[str]:
+    """The rungs of ``names`` whose model files are all there with their size and sha256; a warning
+    names each rung left out and its broken files."""
+    intact = []
+    for rung in names:
+        problems = file_problems(manifest, model_dir, rung)
+        if problems:
+            logger.warning("accuracy ladder: rung %s left out: %s", rung, "; ".join(problems))
+        else:
+            intact.append(rung)
+    return intact
+
+
+def cheaper_intact(model_dir: Path, manifest: Manifest, rung: Optional[str]) -> List[str]:
+    """The intact rungs below ``rung`` in the ladder, richest first (where a failing rung falls back to)."""
+    names = rungs(manifest)
+    below = names[:names.index(rung)] if rung in names else []
+    return [r for r in reversed(below) if not file_problems(manifest, model_dir, r)]
+
+
+def load_first(candidates: Sequence[Optional[str]], load: Callable[[Optional[str]], T]) -> T:
+    """``load(c)`` for the first candidate that loads; a warning for each that does not (FileNotFoundError,
+    ValueError), whose error is raised again when no candidate is left."""
+    for i, candidate in enumerate(candidates):
+        try:
+            return load(candidate)
+        except (FileNotFoundError, ValueError) as exc:
+            if i == len(candidates) - 1:
+                raise
+            logger.warning("rung %s does not load (%s); falling back to rung %s", candidate, exc, candidates[i + 1])
+    raise ValueError("no rung to load")
 
 
 def _probe_paths(paths: Sequence[Path], n: int) -> List[Path]:
@@ -104,7 +145,8 @@ def select_rung(model_dir: Path, manifest: Manifest, forced: Optional[str], path
                 budget_s: float, threads: int, make_session: Callable[[Path, int], Any]) -> Optional[str]:
     """The variant to run: ``forced`` (``--rung``), else the ladder's choice, else None (no ladder).
 
-    Logs which rung and why. Raises ValueError for a forced name the ladder lacks.
+    Only intact rungs are probed (:func:`intact_rungs`). Logs which rung and why. Raises ValueError for
+    a forced name the ladder lacks, and when no rung is intact.
     """
     names = rungs(manifest)
     if forced is not None:
@@ -115,10 +157,21 @@ def select_rung(model_dir: Path, manifest: Manifest, forced: Optional[str], path
         return forced
     if not names:
         return None
+    intact = intact_rungs(model_dir, manifest, names)
+    if not intact:
+        raise ValueError(f"{Path(model_dir) / MANIFEST_NAME}: no rung of the accuracy ladder has intact model files "
+                         f"(rungs {', '.join(names)}; see the warnings above)")
     if not paths:
-        logger.info("accuracy ladder: rung %s (no images to predict)", names[0])
-        return names[0]
-    choice = choose(names, lambda r: probe_rung(model_dir, manifest, r, paths, threads, make_session), len(paths),
-                    budget_s)
+        logger.info("accuracy ladder: rung %s (no images to predict)", intact[0])
+        return intact[0]
+
+    def seconds_per_image(rung: str) -> float:
+        try:
+            return probe_rung(model_dir, manifest, rung, paths, threads, make_session)
+        except (FileNotFoundError, ValueError) as exc:
+            logger.warning("accuracy ladder: rung %s cannot be probed (%s); left out", rung, exc)
+            return math.inf
+
+    choice = choose(intact, seconds_per_image, len(paths), budget_s)
     logger.info("accuracy ladder: rung %s: %s", choice.rung, choice.reason)
     return choice.rung

@@ -37,6 +37,7 @@ BALANCE_METHODS = ("sinkhorn", "estimated", "em")
 TEXT_NORMALIZERS = ("strip", "collapse_spaces", "lowercase", "yo", "trailing_punct")
 
 Check = Tuple[Callable[[Any], bool], str]
+_HASHES: Dict[Tuple[str, int, int], str] = {}  # (resolved path, size, mtime_ns) -> sha256
 
 
 def _spec(default: Any = dataclasses.MISSING, check: Optional[Check] = None, factory: Any = dataclasses.MISSING) -> Any:
@@ -66,6 +67,7 @@ class FileRef:
     path: str
     sha256: str = _spec(check=(lambda v: len(v) == 64 and all(c in "0123456789abcdef" for c in v),
                                "must be 64 lower-case hex digits"))
+    size: Optional[int] = _spec(None, check=_NON_NEGATIVE)  # bytes; a truncated file is told apart from a changed one
 
 
 @dataclass(frozen=True)
@@ -313,22 +315,60 @@ def load_manifest(model_dir: Path) -> Manifest:
     return Manifest.load(model_dir)
 
 
+def check_file(path: Path, ref: FileRef, key: str) -> None:
+    """Raise FileNotFoundError if ``path`` is missing, ValueError if its size (when ``ref`` records one) or its
+    sha256 differs; each message names the path and the expected sha256. A file is hashed once per process."""
+    if not path.is_file():
+        raise FileNotFoundError(f"{path}: model file '{key}' is missing (expected sha256 {ref.sha256})")
+    size = path.stat().st_size
+    if ref.size is not None and size != ref.size:
+        raise ValueError(f"{path}: model file '{key}' is corrupt: {size} bytes, expected {ref.size} "
+                         f"(sha256 {ref.sha256}){' -- truncated' if size < ref.size else ''}")
+    actual = cached_sha256(path)
+    if actual != ref.sha256:
+        raise ValueError(f"{path}: model file '{key}' is corrupt: sha256 {actual}, expected {ref.sha256}")
+
+
+def cached_sha256(path: Path) -> str:
+    """sha256 of ``path``, remembered for the process while its size and mtime stay the same (start-up
+    checks every rung's files, then the chosen rung's model loads them again)."""
+    stat = path.stat()
+    key = (str(Path(path).resolve()), stat.st_size, stat.st_mtime_ns)
+    if key not in _HASHES:
+        _HASHES[key] = sha256_file(path)
+    return _HASHES[key]
+
+
 def resolve_file(manifest: Manifest, model_dir: Path, key: str, verify: bool = True,
                  variant: Optional[str] = None) -> Path:
     """Path of the model file of role ``key`` (the variant's, else the default), checked to exist and, with
-    ``verify``, to match its sha256. Raises FileNotFoundError or ValueError naming the path and the hash."""
+    ``verify``, to match its size and sha256 (:func:`check_file`). Raises FileNotFoundError or ValueError
+    naming the path and the hash."""
     if variant is not None and variant not in manifest.variants:
         raise ValueError(f"{Path(model_dir) / MANIFEST_NAME}: no variant '{variant}' "
                          f"(available: {sorted(manifest.variants) or 'none'})")
+    if key not in manifest.files and (variant is None or key not in manifest.variants[variant].files):
+        raise ValueError(f"{Path(model_dir) / MANIFEST_NAME}: names no model file '{key}'")
     ref = manifest.file(key, variant)
     path = Path(model_dir) / ref.path
-    if not path.is_file():
-        raise FileNotFoundError(f"{path}: model file '{key}' is missing (expected sha256 {ref.sha256})")
     if verify:
-        actual = sha256_file(path)
-        if actual != ref.sha256:
-            raise ValueError(f"{path}: model file '{key}' is corrupt: sha256 {actual}, expected {ref.sha256}")
+        check_file(path, ref, key)
+    elif not path.is_file():
+        raise FileNotFoundError(f"{path}: model file '{key}' is missing (expected sha256 {ref.sha256})")
     return path
+
+
+def file_problems(manifest: Manifest, model_dir: Path, variant: Optional[str] = None) -> List[str]:
+    """What is wrong with the files ``variant`` runs (each role it has: missing, wrong size, wrong sha256), one
+    message per file; empty when they are intact."""
+    roles = set(manifest.files) | (set(manifest.variants[variant].files) if variant is not None else set())
+    problems: List[str] = []
+    for key in sorted(roles):
+        try:
+            check_file(Path(model_dir) / manifest.file(key, variant).path, manifest.file(key, variant), key)
+        except (OSError, ValueError) as exc:
+            problems.append(str(exc))
+    return problems
 
 
 # --------------------------------------------------------------------------------- the generic reader

@@ -22,7 +22,7 @@ from concurrent.futures import CancelledError, Future, ThreadPoolExecutor, Timeo
 from contextlib import nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Deque, Dict, List, Optional, Tuple
+from typing import Callable, Deque, Dict, List, Optional, Tuple
 
 import numpy as np
 
@@ -30,6 +30,8 @@ from .budget import FULL, PRIOR, TIERS, Budget, cheaper
 from .datasets import Dataset
 from .encoders import Model
 from .images import ImageError, decoded_pixels, load_image, preprocess
+from .manifest import ImageConfig
+from .limits import JUDGE_MEMORY_GB
 from .progress import Progress
 from .resources import PixelBudget
 from .scoring import class_logits, predict
@@ -37,6 +39,13 @@ from .scoring import class_logits, predict
 logger = logging.getLogger(__name__)
 
 LOOKAHEAD_BATCHES = 2
+# The class side of a dataset (class vectors and scores) may hold this much memory: half the judge's.
+CLASS_SIDE_BYTES = int(JUDGE_MEMORY_GB * 1e9 / 2)
+# An upper bound, not a fit: 20,000 classes x 200 images with the default model (D = 1000, dot scores,
+# no balancing at that ratio) raised the peak RSS by 190 MB; class_side_bytes says 432 MB.
+CLASS_VECTOR_COPIES = 3  # the class vectors, and the float32 and normalised copies class_logits makes
+SCORE_BYTES = 48  # per (image, class): the float32 scores and the float64 work arrays of predict()
+CLASS_GATE_MEASURE_S = 1.0  # class prompts are encoded this long before their speed may stop them
 POLL_S = 0.1  # how often a wait for decodes checks the deadline and the stop flag
 
 Decoded = Tuple[Optional[np.ndarray], Optional[str]]
@@ -55,7 +64,7 @@ class DatasetResult:
     busy_s: float = 0.0  # seconds of prompt encoding and image batches (the rest is per-dataset overhead)
 
 
-def decode_one(path: Path, cfg: Dict[str, Any], size: int, pixels: Optional[PixelBudget] = None) -> Decoded:
+def decode_one(path: Path, cfg: ImageConfig, size: int, pixels: Optional[PixelBudget] = None) -> Decoded:
     """(float32 (3, size, size) array, None) for a good image, (None, message) for a bad one.
 
     Holds the image's decoded pixel count in ``pixels`` (if given) while it decodes.
@@ -79,7 +88,7 @@ class Decoder:
         self._pool = ThreadPoolExecutor(workers, thread_name_prefix="decode") if workers > 0 else None
         self._inline: Dict["Future[Decoded]", Callable[[], Decoded]] = {}
 
-    def submit(self, path: Path, cfg: Dict[str, Any], size: int) -> "Future[Decoded]":
+    def submit(self, path: Path, cfg: ImageConfig, size: int) -> "Future[Decoded]":
         if self._pool is not None:
             return self._pool.submit(decode_one, path, cfg, size, self.pixels)
         future: "Future[Decoded]" = Future()
@@ -112,6 +121,46 @@ class Decoder:
     def close(self) -> None:
         if self._pool is not None:
             self._pool.shutdown(wait=False)
+
+
+def class_side_bytes(classes: int, images: int, dim: int) -> int:
+    """Bytes a dataset's class side holds at its peak: the (C, D) float32 class vectors with the copies
+    scoring makes, and the (N, C) scores with the work arrays of balancing and refinement."""
+    return classes * dim * 4 * CLASS_VECTOR_COPIES + images * classes * SCORE_BYTES
+
+
+class ClassGate:
+    """Asked between two text batches whether a dataset's class prompts may still be encoded.
+
+    No, once a stop is requested, once the budget leaves no time for them
+    (:meth:`Budget.seconds_for_prompts`), or once the speed measured over
+    CLASS_GATE_MEASURE_S seconds (the first batch, a warm-up, left out)
+    projects the rest past that time; ``reason`` then says why.
+    """
+
+    def __init__(self, budget: Budget, stop: threading.Event, started: float) -> None:
+        self.budget, self.stop, self.started = budget, stop, started
+        self.done = 0
+        self.first: Optional[Tuple[int, float]] = None  # prompts done and the clock after the first batch
+        self.reason = ""
+
+    def __call__(self, done: int, total: int) -> bool:
+        self.done = done
+        now = time.monotonic()
+        if self.stop.is_set():
+            self.reason = f"stopped while encoding class names ({done}/{total} prompts done)"
+            return True
+        if done and self.first is None:
+            self.first = (done, now)
+        projected = 0.0
+        if self.first is not None and now - self.first[1] >= CLASS_GATE_MEASURE_S:
+            projected = (now - self.first[1]) / (done - self.first[0]) * (total - done)
+        allowed = self.budget.seconds_for_prompts(total)
+        if projected > allowed or allowed <= 0:
+            self.reason = (f"class names given up after {done}/{total} prompts in {now - self.started:.1f} s: the "
+                           f"rest would take about {projected:.0f} s, {max(allowed, 0.0):.0f} s are left for them")
+            return True
+        return False
 
 
 @dataclass
@@ -160,18 +209,39 @@ class _DatasetRun:
                 batch.tier, batch.futures = PRIOR, []
 
     def class_vectors(self) -> Optional[np.ndarray]:
-        """float32 (C, D) class vectors, or None when the budget leaves no time for this dataset."""
-        prompts = len(self.ds.classes) * len(self.model.text_cfg.templates)
-        if self._tier(min(self.batch_size, len(self.ds.images))) == PRIOR:
+        """float32 (C, D) class vectors, or None when the dataset stays on its prior: the budget leaves
+        no time for it, its class side would pass the memory cap, or the encoding was given up (the
+        reason is then one of the dataset's problems)."""
+        classes, images = len(self.ds.classes), len(self.ds.images)
+        prompts = classes * len(self.model.text_cfg.templates)
+        if self._tier(min(self.batch_size, images)) == PRIOR:
             self.budget.record_prompts(prompts, 0.0, encoded=False)
             return None
+        need = class_side_bytes(classes, images, self.model.text_dim())
+        if need > CLASS_SIDE_BYTES:
+            self.budget.record_prompts(prompts, 0.0, encoded=False)
+            self._problem(f"{self.ds.root}: {classes} classes x {images} images would hold about {need / 1e9:.1f} GB "
+                          f"of class vectors and scores, more than the {CLASS_SIDE_BYTES / 1e9:.1f} GB the class side "
+                          "may use; the dataset gets its prior class")
+            return None
         started = time.monotonic()
+        gate = ClassGate(self.budget, self.stop, started)
+        vecs: Optional[np.ndarray] = None
         try:
-            return self.model.class_vectors(self.ds.classes)
+            vecs = self.model.class_vectors(self.ds.classes, gate)
         finally:
             seconds = time.monotonic() - started
             self.busy_s += seconds
-            self.budget.record_prompts(prompts, seconds)
+            done = prompts if vecs is not None else gate.done
+            self.budget.record_prompts(done, seconds)
+            self.budget.record_prompts(prompts - done, 0.0, encoded=False)
+        if vecs is None:
+            self._problem(f"{self.ds.root}: {gate.reason}; the dataset gets its prior class")
+        return vecs
+
+    def _problem(self, message: str) -> None:
+        logger.warning("%s", message)
+        self.problems.append(message)
 
     def _encode(self, batch: _Batch, class_vecs: np.ndarray) -> int:
         """Wait for a batch's decodes and score them; returns how many images got the batch's tier."""
@@ -264,7 +334,7 @@ def predict_dataset(ds: Dataset, model: Model, budget: Budget, decoder: Decoder,
 
 def _predict(run: _DatasetRun, started: float) -> DatasetResult:
     ds, budget = run.ds, run.budget
-    if not ds.images or len(ds.classes) == 1:
+    if not ds.images or len(ds.classes) <= 1:
         budget.record_prompts(len(ds.classes) * len(run.model.text_cfg.templates), 0.0, encoded=False)
         budget.record(PRIOR, len(ds.images), 0.0)
         return prior_result(ds, started, list(ds.problems))
@@ -272,7 +342,7 @@ def _predict(run: _DatasetRun, started: float) -> DatasetResult:
         class_vecs = run.class_vectors()
         if class_vecs is None:
             budget.record(PRIOR, len(ds.images), 0.0)
-            return prior_result(ds, started, list(ds.problems))
+            return prior_result(ds, started, ds.problems + run.problems)
         run.run_batches(class_vecs)
         labels = run.labels()
     except Exception as exc:  # one dataset's failure must not cost the others

@@ -46,10 +46,15 @@ def normalize_name(name: str, steps: Sequence[str]) -> str:
     return text
 
 
+def fill(template: str, name: str) -> str:
+    """The prompt of one (already normalised) class name: ``template`` with ``{}`` replaced by it."""
+    return template.replace("{}", name)
+
+
 def build_prompts(names: Sequence[str], templates: Sequence[str], steps: Sequence[str]) -> List[str]:
     """Prompts in template-major order: prompt ``t * len(names) + c`` is template t of class c."""
     normalized = [normalize_name(n, steps) for n in names]
-    return [template.replace("{}", name) for template in templates for name in normalized]
+    return [fill(template, name) for template in templates for name in normalized]
 
 
 def _sentencepiece_encoder(model_file: Path) -> Callable[[str], List[int]]:
