@@ -49,7 +49,9 @@ from typing import Any, Dict, Iterator, List, Optional
 from zeroshot.limits import REPO_ROOT
 from zeroshot.report import read_report
 
-from . import judge  # judge imports this module too: use judge.X inside functions only
+from . import judge_core
+from .bundle import ALLOWED_TOP
+from .vendor import REQUIREMENTS_NAME
 
 logger = logging.getLogger(__name__)
 
@@ -368,7 +370,7 @@ def reset_peak(host_file: Optional[Path]) -> bool:
 
 
 def exec_step(container: str, name: str, cmd: List[str], timeout: float, log: Path,
-              host_file: Optional[Path]) -> judge.Step:
+              host_file: Optional[Path]) -> judge_core.Step:
     """``docker exec`` ``cmd`` in /submission with output to ``log``; kill the container after ``timeout`` s."""
     logger.info("%s: %s (log: %s)", name, " ".join(cmd), log)
     start = time.monotonic()
@@ -386,11 +388,11 @@ def exec_step(container: str, name: str, cmd: List[str], timeout: float, log: Pa
         docker("kill", container, check=False)
         proc.wait()
     code = None if timed_out else proc.returncode
-    step = judge.Step(name, code, seconds, timed_out, peak or 0, None, str(log))
+    step = judge_core.Step(name, code, seconds, timed_out, peak or 0, None, str(log))
     logger.info("%s: %s in %.1f s, cgroup peak %.2f GB", name, "timed out" if timed_out else f"exit {code}",
                 seconds, (peak or 0) / 1e9)
     if not step.ok:
-        tail = log.read_text(encoding="utf-8", errors="replace").splitlines()[-judge.LOG_TAIL_LINES:]
+        tail = log.read_text(encoding="utf-8", errors="replace").splitlines()[-judge_core.LOG_TAIL_LINES:]
         logger.error("%s failed; last lines of %s:\n%s", name, log, "\n".join(tail))
     return step
 
@@ -426,12 +428,12 @@ def archive_top_level(archive: Path) -> List[str]:
 
 def vendored_onnxruntime(archive: Path, python: str, scratch: Path) -> Optional[str]:
     """The onnxruntime version the archive's vendor/ pins for Python ``python`` ("3.8"), if any."""
-    member = f"vendor/{judge.REQUIREMENTS_NAME.format(python)}"
+    member = f"vendor/{REQUIREMENTS_NAME.format(python)}"
     with zipfile.ZipFile(archive) as zf:
         if member not in zf.namelist():
             return None
         zf.extract(member, scratch)
-    return judge.expected_onnxruntime(scratch, python)
+    return judge_core.expected_onnxruntime(scratch, python)
 
 
 def accepts_report(container: str) -> bool:
@@ -458,7 +460,7 @@ def runtime_threads(report: Optional[Dict[str, Any]], predict_log: Path) -> Opti
 
 
 def describe_limits(args: argparse.Namespace) -> Dict[str, Any]:
-    """The limits in the local judge's summary layout (judge.Limits.describe)."""
+    """The limits in the local judge's summary layout (judge_core.Limits.describe)."""
     return {"network": "docker --network=none",
             "cpus": f"--cpus={args.cpus:g} (CFS quota; the affinity mask keeps every host CPU)",
             "cpu_quota": {"quota": f"{args.cpus:g} CPU (docker --cpus)", "version": "?", "cgroup": "of the container"},
@@ -472,7 +474,7 @@ def run_in_container(container: str, args: argparse.Namespace, summary: Dict[str
                      scratch: Path) -> None:
     """Unpack, probe, setup.sh, predict.sh in ``container``; fills ``summary`` (steps, problems, versions)."""
     docker("exec", container, "sh", "-c", f"mkdir -p {OUT} && unzip -q {ARCHIVE}")
-    inside = summary["inside"] = {**exec_json(container, judge.PROBE_LIMITS, SUBMISSION),
+    inside = summary["inside"] = {**exec_json(container, judge_core.PROBE_LIMITS, SUBMISSION),
                                   **exec_json(container, PROBE)}
     summary["limits"]["cpu_quota"]["version"] = inside.get("cgroup", "?")
     summary["problems"] += limit_problems(inside, args)
@@ -481,31 +483,31 @@ def run_in_container(container: str, args: argparse.Namespace, summary: Dict[str
         summary["warnings"].append(f"the runtime sees {seen} CPUs in a container limited to {args.cpus:g}")
     if summary["problems"]:
         return
-    limits = judge.Limits(None, None, int(args.memory_gb * GIB), "cgroup", args.time_limit)
+    limits = judge_core.Limits(None, None, int(args.memory_gb * GIB), "cgroup", args.time_limit)
     host_file = host_peak_file(container)
     summary["memory_peak_source"] = str(host_file) if host_file else "read inside the container"
     deadline = time.monotonic() + args.time_limit
     setup = exec_step(container, "setup.sh", ["./setup.sh"], deadline - time.monotonic(), out_dir / "setup.log",
                       host_file)
     summary["steps"]["setup.sh"] = asdict(setup)
-    summary["problems"] += judge.step_problems(setup, limits)
+    summary["problems"] += judge_core.step_problems(setup, limits)
     if not setup.ok:
         return
     pyver = ".".join(inside["python"].split(".")[:2])
-    versions = summary["versions"] = exec_json(container, judge.PROBE_VERSIONS,
-                                               f"{SUBMISSION}/{judge.DEPS_DIR.format(pyver)}")
+    versions = summary["versions"] = exec_json(container, judge_core.PROBE_VERSIONS,
+                                               f"{SUBMISSION}/{judge_core.DEPS_DIR.format(pyver)}")
     expected = vendored_onnxruntime(args.archive, pyver, scratch)
     if expected and versions.get("onnxruntime") != expected:
         summary["problems"].append(f"predict.sh would import onnxruntime {versions.get('onnxruntime')} "
                                    f"({versions.get('onnxruntime_path')}), not the vendored {expected}")
     report = summary["report_option"] = accepts_report(container)
     cmd = ["./predict.sh", DATA, f"{OUT}/predictions.json"]
-    cmd += [REPORT_OPTION, f"{OUT}/{judge.REPORT_NAME}"] if report else []
+    cmd += [REPORT_OPTION, f"{OUT}/{judge_core.REPORT_NAME}"] if report else []
     summary["memory_peak_reset"] = reset_peak(host_file)
     predict = exec_step(container, "predict.sh", cmd, deadline - time.monotonic(), out_dir / "predict.log",
                         host_file)
     summary["steps"]["predict.sh"] = asdict(predict)
-    summary["problems"] += judge.step_problems(predict, limits)
+    summary["problems"] += judge_core.step_problems(predict, limits)
     if not predict.ok:
         summary["warnings"].append("scoring what predict.sh left on disk (the best answer so far)")
     # also after a kill at the deadline: what the runtime had written by then is what the organisers would score
@@ -513,11 +515,11 @@ def run_in_container(container: str, args: argparse.Namespace, summary: Dict[str
 
 
 def judge_in_docker(args: argparse.Namespace, out_dir: Path, scratch: Path) -> Dict[str, Any]:
-    """Engine, image, container run, scoring: the summary (judge.format_summary's layout plus "docker")."""
+    """Engine, image, container run, scoring: the summary (judge_core.format_summary's layout plus "docker")."""
     summary: Dict[str, Any] = {"archive": str(args.archive), "datasets": str(args.datasets_dir),
                                "limits": describe_limits(args), "steps": {}, "problems": [], "warnings": []}
     summary["top_level"] = archive_top_level(args.archive)
-    unexpected = sorted(set(summary["top_level"]) - judge.ALLOWED_TOP)
+    unexpected = sorted(set(summary["top_level"]) - ALLOWED_TOP)
     if unexpected:
         summary["warnings"].append(f"unexpected entries at the archive's root: {unexpected}")
     engine = ensure_engine(start=not args.no_engine_start)
@@ -530,8 +532,8 @@ def judge_in_docker(args: argparse.Namespace, out_dir: Path, scratch: Path) -> D
     finally:
         docker("rm", "--force", container, check=False)
     if "predict.sh" in summary["steps"]:
-        judge.finish(summary, args, out_dir / "predictions.json")
-    report_path = out_dir / judge.REPORT_NAME
+        judge_core.finish(summary, args, out_dir / "predictions.json")
+    report_path = out_dir / judge_core.REPORT_NAME
     if report_path.is_file():
         try:
             summary["run_report"] = read_report(report_path)
@@ -542,7 +544,7 @@ def judge_in_docker(args: argparse.Namespace, out_dir: Path, scratch: Path) -> D
 
 
 def format_docker(summary: Dict[str, Any]) -> str:
-    """The container lines printed above judge.format_summary's table."""
+    """The container lines printed above judge_core.format_summary's table."""
     info = summary.get("docker") or {}
     engine = info.get("engine", {})
     started = f" (started here, pid {engine['pid']}, still running: stop it with 'kill {engine['pid']}')" \
@@ -579,7 +581,7 @@ def run_docker(args: argparse.Namespace) -> int:
     """contest.judge --docker: exit 0 if the archive passed, 1 if it failed, 2 if it could not be judged."""
     out_dir = args.out_dir.resolve()
     out_dir.mkdir(parents=True, exist_ok=True)
-    for name in ("predictions.json", judge.REPORT_NAME):
+    for name in ("predictions.json", judge_core.REPORT_NAME):
         (out_dir / name).unlink(missing_ok=True)
     scratch = Path(tempfile.mkdtemp(prefix="judge-docker-"))
     try:
@@ -593,4 +595,4 @@ def run_docker(args: argparse.Namespace) -> int:
     finally:
         shutil.rmtree(scratch, ignore_errors=True)
     sys.stdout.write(format_docker(summary) + "\n")
-    return judge.write_summary(summary, out_dir)
+    return judge_core.write_summary(summary, out_dir)

@@ -185,7 +185,8 @@ def test_the_model_rule_depends_on_every_file_the_builder_reads() -> None:
 def test_import_closure_follows_lazy_and_relative_imports(tmp_path: Path) -> None:
     assert "train/text_encoder.py" in imported_files("train.build_default")  # imported inside a function
     assert "train/onnx_compat.py" in imported_files("train.text_encoder")    # relative import
-    assert imported_files("zeroshot.images") == {"zeroshot/__init__.py", "zeroshot/images.py", "zeroshot/manifest.py"}
+    assert imported_files("zeroshot.images") == {"zeroshot/__init__.py", "zeroshot/images.py", "zeroshot/manifest.py",
+                                                 "zeroshot/resources.py"}
 
 
 def test_every_onnx_writer_in_train_finalizes() -> None:

@@ -26,7 +26,7 @@ import numpy as np
 
 from zeroshot.encoders import make_session
 from zeroshot.manifest import Manifest, resolve_file, sha256_file
-from zeroshot.pipeline import decode_one
+from zeroshot.images import decode_one
 from zeroshot.resources import effective_cpus
 
 logger = logging.getLogger(__name__)

@@ -1,6 +1,6 @@
 """Images and texts to vectors for the jobs beside classification (retrieval, verification, heads).
 
-Everything goes through the runtime's own path: :func:`zeroshot.pipeline.decode_one`
+Everything goes through the runtime's own path: :func:`zeroshot.images.decode_one`
 (load + preprocess, configured by the manifest), :meth:`Model.encode_images` and
 :meth:`Model.class_vectors` (the manifest's normalisation and templates), and
 :func:`zeroshot.scoring.class_logits` for every similarity. A file that cannot be
@@ -21,7 +21,7 @@ import numpy as np
 
 from .datasets import list_images
 from .encoders import Model
-from .pipeline import decode_one
+from .images import decode_one
 from .progress import Progress
 from .scoring import class_logits
 

@@ -20,7 +20,7 @@ from __future__ import annotations
 import io
 import logging
 import warnings
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterator, Optional, Tuple
@@ -29,6 +29,7 @@ import numpy as np
 from PIL import Image
 
 from .manifest import DECODE_MODES, ImageConfig
+from .resources import PixelBudget
 
 logger = logging.getLogger(__name__)
 
@@ -48,6 +49,8 @@ METADATA_MARKERS = frozenset(range(0xE1, 0xEE)) | {0xEF}
 ORIENTATION_TAG = 0x0112
 TRANSPOSE = {2: Image.FLIP_LEFT_RIGHT, 3: Image.ROTATE_180, 4: Image.FLIP_TOP_BOTTOM, 5: Image.TRANSPOSE,
              6: Image.ROTATE_270, 7: Image.TRANSVERSE, 8: Image.ROTATE_90}
+
+Decoded = Tuple[Optional[np.ndarray], Optional[str]]  # (float32 (3, S, S) pixels, None) or (None, message)
 
 _RESAMPLE = {
     "nearest": Image.NEAREST,
@@ -251,6 +254,20 @@ def decoded_pixels(path: Path, target: int, decode: str = DRAFT) -> int:
             return opened.pixels
     except Exception:  # Pillow raises many types for broken files
         return 0
+
+
+def decode_one(path: Path, cfg: ImageConfig, size: int, pixels: Optional[PixelBudget] = None) -> Decoded:
+    """(float32 (3, size, size) array, None) for a good image, (None, message) for a bad one.
+
+    Holds the image's decoded pixel count in ``pixels`` (if given) while it decodes.
+    """
+    try:
+        with pixels.hold(decoded_pixels(path, size, cfg.decode)) if pixels is not None else nullcontext():
+            return preprocess(load_image(path, size, cfg.decode), cfg, size), None
+    except ImageError as exc:
+        return None, str(exc)
+    except Exception as exc:  # a bug or an exotic file (MemoryError too) must not stop the run
+        return None, f"{path}: cannot preprocess image: {type(exc).__name__}: {exc}"
 
 
 def crop_box(width: int, height: int, resize: str) -> Tuple[float, float, float, float]:

@@ -29,7 +29,7 @@ from typing import Any, Callable, Dict, List, Optional, Sequence, TypeVar
 import numpy as np
 
 from .manifest import MANIFEST_NAME, Manifest, file_problems, resolve_file
-from .pipeline import decode_one
+from .images import decode_one
 
 logger = logging.getLogger(__name__)
 

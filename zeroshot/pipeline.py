@@ -19,7 +19,6 @@ import threading
 import time
 from collections import deque
 from concurrent.futures import CancelledError, Future, ThreadPoolExecutor, TimeoutError
-from contextlib import nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Deque, Dict, List, Optional, Tuple
@@ -29,7 +28,7 @@ import numpy as np
 from .budget import FULL, PRIOR, TIERS, Budget, cheaper
 from .datasets import Dataset
 from .encoders import Model
-from .images import ImageError, decoded_pixels, load_image, preprocess
+from .images import Decoded, decode_one
 from .manifest import ImageConfig
 from .limits import JUDGE_MEMORY_GB
 from .progress import Progress
@@ -48,7 +47,6 @@ SCORE_BYTES = 48  # per (image, class): the float32 scores and the float64 work 
 CLASS_GATE_MEASURE_S = 1.0  # class prompts are encoded this long before their speed may stop them
 POLL_S = 0.1  # how often a wait for decodes checks the deadline and the stop flag
 
-Decoded = Tuple[Optional[np.ndarray], Optional[str]]
 
 
 @dataclass
@@ -62,20 +60,6 @@ class DatasetResult:
     problems: List[str] = field(default_factory=list)
     tiers: Dict[str, int] = field(default_factory=lambda: {tier: 0 for tier in TIERS})
     busy_s: float = 0.0  # seconds of prompt encoding and image batches (the rest is per-dataset overhead)
-
-
-def decode_one(path: Path, cfg: ImageConfig, size: int, pixels: Optional[PixelBudget] = None) -> Decoded:
-    """(float32 (3, size, size) array, None) for a good image, (None, message) for a bad one.
-
-    Holds the image's decoded pixel count in ``pixels`` (if given) while it decodes.
-    """
-    try:
-        with pixels.hold(decoded_pixels(path, size, cfg.decode)) if pixels is not None else nullcontext():
-            return preprocess(load_image(path, size, cfg.decode), cfg, size), None
-    except ImageError as exc:
-        return None, str(exc)
-    except Exception as exc:  # a bug or an exotic file (MemoryError too) must not stop the run
-        return None, f"{path}: cannot preprocess image: {type(exc).__name__}: {exc}"
 
 
 class Decoder:

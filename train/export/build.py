@@ -1,4 +1,4 @@
-"""From a loaded :class:`~train.export.sources.Source` to a validated model folder.
+"""From a loaded :class:`~train.export.source.Source` to a validated model folder.
 
 Steps (each fails loudly): tokenizer JSON for the runtime; optional
 vocabulary trimming; text and image towers to ONNX with cosine parity
@@ -36,7 +36,7 @@ from .onnx_image import INPUT_NAME, OUTPUT_NAME as IMAGE_OUTPUT, export_image_en
 from .onnx_text import OUTPUT_NAME as TEXT_OUTPUT, export_text_encoder
 from .ort116 import check_judge_runtime
 from .parity import MIN_COSINE, row_cosines
-from .sources import Source
+from .source import Source
 
 logger = logging.getLogger(__name__)
 

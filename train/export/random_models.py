@@ -241,7 +241,7 @@ def export_args(spec: Dict[str, Optional[str]]) -> List[str]:
 
 
 def load_spec(spec: Dict[str, Optional[str]]) -> Any:
-    """The :class:`~train.export.sources.Source` of a :func:`save_source` checkpoint."""
+    """The :class:`~train.export.source.Source` of a :func:`save_source` checkpoint."""
     from .sources import load_source
 
     path = lambda key: Path(spec[key]) if spec.get(key) else None  # noqa: E731

@@ -1,4 +1,4 @@
-"""ruCLIP (ai-forever/ru-clip) checkpoints as a :class:`~train.export.sources.Source` (``--from ruclip DIR``).
+"""ruCLIP (ai-forever/ru-clip) checkpoints as a :class:`~train.export.source.Source` (``--from ruclip DIR``).
 
 A ruCLIP folder holds ``config.json``, ``pytorch_model.bin`` and ``bpe.model``
 (a youtokentome BPE). The model is built by ruclip's own
@@ -39,7 +39,7 @@ from zeroshot.text import Tokenizer
 
 from ..contract import hf_tokenizer_config
 from ..yttm_tokenizer import convert, read_yttm, to_hf_tokenizer
-from .sources import OPENAI_MEAN, OPENAI_STD, Batch, Source, _Call, _require_file
+from .source import OPENAI_MEAN, OPENAI_STD, Batch, Source, _Call, _require_file
 
 logger = logging.getLogger(__name__)
 
