@@ -5,9 +5,10 @@ from __future__ import annotations
 import ast
 import subprocess
 from pathlib import Path
-from typing import List, Optional, Sequence, Set
+from typing import List, Sequence, Set
 
 from conftest import REPO
+from import_graph import closure, import_graph, module_files
 
 PACKAGES = ("zeroshot", "train", "contest", "tests")
 PYTHON_FILES = sorted(p for pkg in PACKAGES for p in (REPO / pkg).rglob("*.py") if "__pycache__" not in p.parts)
@@ -127,43 +128,13 @@ def test_every_command_answers_help(capsys) -> None:
         assert "usage:" in capsys.readouterr().out, path
 
 
-def _module_file(name: str) -> Optional[Path]:
-    path = REPO.joinpath(*name.split("."))
-    for candidate in (path.with_suffix(".py"), path / "__init__.py"):
-        if candidate.is_file():
-            return candidate
-    return None
-
-
 def imported_files(module: str, packages: Sequence[str] = ("train", "zeroshot")) -> Set[str]:
     """Repo-relative files of ``module`` and everything it imports from ``packages``, at any depth
     (imports inside functions included), with the packages' __init__.py files."""
-    seen: Set[Path] = set()
-    parts = module.split(".")
-    todo = [".".join(parts[:i]) for i in range(1, len(parts) + 1)]
-    while todo:
-        name = todo.pop()
-        path = _module_file(name)
-        if path is None or path in seen:
-            continue
-        seen.add(path)
-        package = name if path.name == "__init__.py" else name.rsplit(".", 1)[0]
-        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
-            if isinstance(node, ast.Import):
-                names = [alias.name for alias in node.names]
-            elif isinstance(node, ast.ImportFrom):
-                base = node.module or ""
-                if node.level:
-                    parts = package.split(".")[:len(package.split(".")) - node.level + 1]
-                    base = ".".join(parts + ([base] if base else []))
-                names = [base] + [f"{base}.{alias.name}" for alias in node.names]
-            else:
-                continue
-            for found in names:
-                parts = found.split(".")
-                if parts[0] in packages:
-                    todo += [".".join(parts[:i]) for i in range(1, len(parts) + 1)]
-    return {p.relative_to(REPO).as_posix() for p in seen}
+    files = module_files()
+    names = {m for m in closure(import_graph(files), module) if m.split(".")[0] in packages}
+    names |= {".".join(m.split(".")[:i]) for m in names for i in range(1, m.count(".") + 1)}
+    return {files[m].relative_to(REPO).as_posix() for m in names if m in files}
 
 
 def make_variable(name: str) -> List[str]:
