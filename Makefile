@@ -21,7 +21,7 @@ IMAGE_MODEL ?= model
 TRAIN_OUT ?= dist/text_tower
 TRAIN_ARGS ?=
 
-.PHONY: help venv model run data-check test vendor bundle judge judge-docker bench export clean train reference-env \
+.PHONY: help venv model run data-check test vendor bundle judge judge-docker bench export clean train suite suite-data reference-env \
 	export-parity parity-fixtures
 
 help:  ## list the targets
@@ -75,6 +75,20 @@ test: venv vendor  ## the test suite (CI runs this); vendor/ lets it check the r
 bench: venv model  ## images/s on one core: predict.py vs the organisers' ResNet-50 vs the input ceiling (int8: the model's variants.int8 or INT8_MODEL=dir)
 	$(PY) -m contest.bench --model model --data $(DATA) $(if $(INT8_MODEL),--int8-model $(INT8_MODEL)) \
 		--out bench/results/bench.json
+
+# make suite: a model folder over every set of the tuning suite and the dev set, at a rung (default: the ladder's choice)
+MODEL ?= model
+SUITE ?= $(call limit,SUITE_DIR)
+MIRROR ?= $(call limit,SNAPSHOTS_DIR)
+RUNG ?=
+SUITE_JSON ?= dist/suite.json
+
+suite-data: venv  ## build the tuning suite's images and labels in SUITE from pinned snapshots of public repositories (MIRROR)
+	$(PY) -m contest.suite_data build-all --mirror $(MIRROR) --root $(SUITE)
+	$(PY) -m contest.suite_data check --root $(SUITE)
+
+suite: venv $(if $(filter model,$(MODEL)),model)  ## MODEL over every set of SUITE + the dev set at RUNG (default: the ladder's choice), one thread; table + SUITE_JSON
+	$(PY) -m contest.suite run --model $(MODEL) --suite $(SUITE) $(if $(RUNG),--rung $(RUNG)) --json $(SUITE_JSON)
 
 train: venv  ## train a text tower on METADATA + IMAGES against IMAGE_MODEL's image encoder, eval on DATA, model in TRAIN_OUT/model
 	@if [ -z "$(METADATA)" ] || [ -z "$(IMAGES)" ]; then \

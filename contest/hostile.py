@@ -23,7 +23,7 @@ Cases (issue 20):
 - ``d8-50k-sigterm``: the same without a budget, SIGTERM 2 s after the run report appears (the model
   is loaded and the class names are being encoded);
 - ``d9-sigterm``: 5,000 classes x 2,200 images, SIGTERM 2 s after the start;
-- ``n1-tight``: 96 photos of 3000x2000 on the fp32-260 rung (decoded in threads where there are
+- ``n1-tight``: 96 photos of 3000x2000 on the ensemble-260 rung (decoded in threads where there are
   several CPUs, so the first batches wait for the pool to fill), with 90% of the wall time of a
   run without a budget as the budget;
 - ``onnx-corrupt``: the richest rung's image encoder truncated to half;
@@ -218,7 +218,7 @@ def build_n1(root: Path) -> Case:
     rng = np.random.default_rng(0)
     for i in range(96):
         large_photo(rng).save(img / f"photo{i:03d}.jpg", quality=90)
-    return Case(root, {"photos": [f"photo{i:03d}" for i in range(96)]}, ["--rung", "fp32-260"], budget_share=0.9)
+    return Case(root, {"photos": [f"photo{i:03d}" for i in range(96)]}, ["--rung", "ensemble-260"], budget_share=0.9)
 
 
 def build_onnx_corrupt(root: Path) -> Case:

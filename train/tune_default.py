@@ -233,14 +233,24 @@ class TextSide:
 
 
 def score_dataset(s: Dict[str, Any], w: np.ndarray, probs: np.ndarray, feats: np.ndarray, truth: np.ndarray,
-                  class_mask: np.ndarray) -> float:
-    """Accuracy x 100 of the runtime's scoring (class logits, balance, transductive step) on one image set."""
+                  class_mask: np.ndarray, valid: Optional[np.ndarray] = None) -> float:
+    """Accuracy x 100 of the runtime's scoring (class logits, balance, transductive step) on one image set.
+
+    As predict.py scores a dataset (zeroshot.pipeline): ``s["score"]`` (default: build_default.SCORE) forms
+    the logits of class weights ``w`` (C, D) and image vectors ``probs`` (N, D), then ``s["balance"]`` and
+    ``s["transductive"]`` on ``feats`` (N, F), each a manifest section as a dict (read through the manifest's
+    types). ``valid`` bool (N,): rows from a decoded image (default all; the others get the dataset's prior).
+    ``truth`` int (N,): labels, < 0 for an image without one (not counted).
+    """
     from .build_default import SCORE
 
-    logits = class_logits(probs, w, read_section(ScoreConfig, SCORE, "score"))
-    pred = predict(logits, np.ones(len(logits), bool), class_mask, read_section(BalanceConfig, s["balance"], "balance"),
+    valid = np.ones(len(probs), bool) if valid is None else valid
+    score = read_section(ScoreConfig, s.get("score", SCORE), "score")
+    logits = np.where(valid[:, None], class_logits(probs, w, score), 0.0).astype(np.float32)
+    pred = predict(logits, valid, class_mask, read_section(BalanceConfig, s["balance"], "balance"),
                    feats.astype(np.float32), read_section(TransductiveConfig, s["transductive"], "transductive"))
-    return 100.0 * float((pred == truth).mean())
+    labelled = truth >= 0
+    return 100.0 * float((pred[labelled] == truth[labelled]).mean())
 
 
 def resampled(s: Dict[str, Any], w: np.ndarray, probs: np.ndarray, feats: np.ndarray, truth: np.ndarray,

@@ -20,7 +20,7 @@ import numpy as np
 from .linear import load_head
 from .manifest import ImageConfig, Manifest, TextConfig, resolve_file
 from .resources import effective_cpus
-from .text import fill, load_tokenizer, normalize_name
+from .text import build_prompts, fill, load_tokenizer, normalize_name
 
 logger = logging.getLogger(__name__)
 
@@ -145,6 +145,12 @@ class Model:
             self._text_dim = int(last) if isinstance(last, int) else int(self.encode_texts(["a"]).shape[1])
         return self._text_dim
 
+    def template_vectors(self, names: Sequence[str], templates: Sequence[str]) -> np.ndarray:
+        """Class names -> float32 (T, C, D): every template's prompt of every class, encoded (the tuning tools
+        cache them per template; prediction uses :meth:`class_vectors`)."""
+        prompts = build_prompts(names, templates, self.text_cfg.normalize)
+        return self.encode_texts(prompts).reshape(len(templates), len(names), -1)
+
     def class_vectors(self, names: Sequence[str],
                       give_up: Optional[Callable[[int, int], bool]] = None) -> Optional[np.ndarray]:
         """Class names -> float32 (C, D): each class's prompts encoded and averaged.
@@ -179,3 +185,11 @@ class Model:
             return np.zeros((0, self.text_dim()), dtype=np.float32)
         out /= len(templates)
         return out
+
+
+def mean_over_templates(vecs: np.ndarray, similarity: str) -> np.ndarray:
+    """float32 (T, C, D) prompt vectors -> (C, D) class vectors: the mean over the T templates, each prompt vector
+    L2-normalised first with cosine similarity (the CLIP recipe), as :meth:`Model.class_vectors` forms them."""
+    if similarity == "cosine":
+        vecs = vecs / np.maximum(np.linalg.norm(vecs, axis=-1, keepdims=True), 1e-12)
+    return vecs.mean(axis=0)

@@ -22,9 +22,11 @@ MODEL_DIR = REPO_ROOT / "model"                              # the default model
 DEVSETS_DIR = REPO_ROOT.parent / "shared" / "devsets"        # the labelled dev set, beside the repository
 DEV_GT = DEVSETS_DIR / "gt.json"
 CALIBRATION_DIR = DEVSETS_DIR / "caltech101" / "img"         # natural photos for export checks and int8
+SUITE_DIR = REPO_ROOT / "data" / "suite"                     # the tuning suite: <set>/{source.json, ...; built: img/, gt.json}
+SNAPSHOTS_DIR = REPO_ROOT.parent / ".mirror"                 # snapshots of public repositories (owner+name/...)
 
 NAMES = ("JUDGE_TIME_LIMIT_S", "JUDGE_IMAGES", "JUDGE_MEMORY_GB", "ARCHIVE_CAP_MB", "REPO_ROOT", "MODEL_DIR",
-         "DEVSETS_DIR", "DEV_GT", "CALIBRATION_DIR")
+         "DEVSETS_DIR", "DEV_GT", "CALIBRATION_DIR", "SUITE_DIR", "SNAPSHOTS_DIR")
 
 
 def main(argv: Optional[List[str]] = None) -> int:
