@@ -166,7 +166,6 @@ class Model:
         """
         templates = self.text_cfg.templates
         normalized = [normalize_name(n, self.text_cfg.normalize) for n in names]
-        cosine = self.manifest.score.similarity == "cosine"
         total = len(templates) * len(normalized)
         out: Optional[np.ndarray] = None
         for start in range(0, total, TEXT_BATCH):
@@ -175,9 +174,7 @@ class Model:
             rows = np.arange(start, min(start + TEXT_BATCH, total)) % len(normalized)
             prompts = [fill(templates[i // len(normalized)], normalized[i % len(normalized)])
                        for i in range(start, start + len(rows))]
-            vecs = self.encode_texts(prompts)
-            if cosine:
-                vecs /= np.maximum(np.linalg.norm(vecs, axis=-1, keepdims=True), 1e-12)
+            vecs = prompt_vectors(self.encode_texts(prompts), self.manifest.score.similarity)
             if out is None:
                 out = np.zeros((len(normalized), vecs.shape[1]), dtype=np.float32)
             np.add.at(out, rows, vecs)
@@ -187,9 +184,15 @@ class Model:
         return out
 
 
-def mean_over_templates(vecs: np.ndarray, similarity: str) -> np.ndarray:
-    """float32 (T, C, D) prompt vectors -> (C, D) class vectors: the mean over the T templates, each prompt vector
-    L2-normalised first with cosine similarity (the CLIP recipe), as :meth:`Model.class_vectors` forms them."""
+def prompt_vectors(vecs: np.ndarray, similarity: str) -> np.ndarray:
+    """float32 (..., D) prompt vectors as they enter a class's mean: L2-normalised with cosine similarity
+    (the CLIP recipe), as they are otherwise."""
     if similarity == "cosine":
-        vecs = vecs / np.maximum(np.linalg.norm(vecs, axis=-1, keepdims=True), 1e-12)
-    return vecs.mean(axis=0)
+        return vecs / np.maximum(np.linalg.norm(vecs, axis=-1, keepdims=True), 1e-12)
+    return vecs
+
+
+def mean_over_templates(vecs: np.ndarray, similarity: str) -> np.ndarray:
+    """float32 (T, C, D) prompt vectors -> (C, D) class vectors: the mean over the T templates of
+    :func:`prompt_vectors`, as :meth:`Model.class_vectors` forms them batch by batch."""
+    return prompt_vectors(vecs, similarity).mean(axis=0)
