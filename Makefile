@@ -21,7 +21,7 @@ IMAGE_MODEL ?= model
 TRAIN_OUT ?= dist/text_tower
 TRAIN_ARGS ?=
 
-.PHONY: help venv model run data-check test vendor bundle judge judge-docker bench export clean train suite suite-data reference-env \
+.PHONY: help venv model bank run data-check test vendor bundle judge judge-docker bench export clean train suite suite-data reference-env \
 	export-parity parity-fixtures
 
 help:  ## list the targets
@@ -48,9 +48,11 @@ reference-env: .venv-ref/.stamp  ## the reference environment in .venv-ref: open
 # every module train.build_default imports (also inside functions; tests/test_layout.py checks the list),
 # its data, and the pip-installed weights (via .venv/.stamp)
 MODEL_SOURCES := $(addprefix train/,__init__.py build_default.py concepts.py contract.py image_encoder.py \
-	manifest_io.py onnx_compat.py text_encoder.py use_m.py) \
-	$(addprefix zeroshot/,__init__.py command.py datasets.py encoders.py images.py linear.py manifest.py resources.py scoring.py text.py) \
-	$(wildcard train/vocab/*.tsv)
+	manifest_io.py onnx_compat.py text_encoder.py use_m.py visual_bank.py) \
+	$(addprefix contest/,__init__.py suite_data.py) \
+	$(addprefix zeroshot/,__init__.py command.py datasets.py embed.py encoders.py images.py limits.py linear.py manifest.py \
+	  outputs.py progress.py resources.py scoring.py text.py visual_bank.py) \
+	$(wildcard train/vocab/*.tsv train/vocab/visual_bank/*)
 
 model/manifest.json: .venv/.stamp $(MODEL_SOURCES)
 	@if [ -n "$(CALIB)" ] && [ ! -d "$(CALIB)" ]; then \
@@ -86,6 +88,9 @@ SUITE_JSON ?= dist/suite.json
 suite-data: venv  ## build the tuning suite's images and labels in SUITE from pinned snapshots of public repositories (MIRROR)
 	$(PY) -m contest.suite_data build-all --mirror $(MIRROR) --root $(SUITE)
 	$(PY) -m contest.suite_data check --root $(SUITE)
+
+bank: venv model  ## the visual concept bank (train/vocab/visual_bank) from train/bank_sources + the suite's specs, from snapshots in MIRROR
+	$(PY) -m train.visual_bank build --mirror $(MIRROR) --suite $(SUITE) --model model
 
 suite: venv $(if $(filter model,$(MODEL)),model)  ## MODEL over every set of SUITE + the dev set at RUNG (default: the ladder's choice), one thread; table + SUITE_JSON
 	$(PY) -m contest.suite run --model $(MODEL) --suite $(SUITE) $(if $(RUNG),--rung $(RUNG)) --json $(SUITE_JSON)

@@ -50,8 +50,9 @@ Spec fields (``source.json``; an unknown key is an error):
 ``csv_header``              (csv) whether the first row is a header (default true)
 ``csv_root``                (csv) folder the image paths are relative to (default: the CSV's folder)
 ``classes``                 ordered list of ``{"source": <class dir or label, or a list of them to
-                            merge, e.g. ["Coast", "coast"]>, "ru": <Russian class name>}``;
-                            the order is the class index
+                            merge, e.g. ["Coast", "coast"]>, "ru": <Russian class name>}``, and
+                            optionally ``"synonyms"``: other Russian names (the visual concept bank's
+                            specs use them; the suite ignores them); the order is the class index
 ``include``                 file-name patterns (fnmatch, case-insensitive) of images to take
                             (default: common image extensions)
 ``exclude``                 file-name patterns to skip (default: none)
@@ -114,10 +115,11 @@ _LATIN_RE = re.compile(r"[A-Za-z]")
 
 @dataclass(frozen=True)
 class ClassSpec:
-    """One class: the source dirs/labels merged into it and its Russian name."""
+    """One class: the source dirs/labels merged into it, its Russian name and other Russian names for it."""
 
     source: Tuple[str, ...]
     ru: str
+    synonyms: Tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -175,12 +177,13 @@ def _classes(raw: object, path: Path) -> Tuple[ClassSpec, ...]:
     _need(isinstance(raw, list) and bool(raw), path, "'classes' must be a non-empty list")
     out = []
     for i, item in enumerate(raw):  # type: ignore[arg-type]
-        _need(isinstance(item, dict) and set(item) == {"source", "ru"}, path,
-              f"classes[{i}] must be an object with exactly 'source' and 'ru'")
+        _need(isinstance(item, dict) and {"source", "ru"} <= set(item) <= {"source", "ru", "synonyms"}, path,
+              f"classes[{i}] must be an object with 'source', 'ru' and optionally 'synonyms'")
         ru = item["ru"]
         _need(isinstance(ru, str) and ru.strip() == ru and bool(ru), path,
               f"classes[{i}].ru must be a trimmed non-empty string")
-        out.append(ClassSpec(_str_list(item["source"], path, f"classes[{i}].source"), ru))
+        synonyms = _str_list(item["synonyms"], path, f"classes[{i}].synonyms") if "synonyms" in item else ()
+        out.append(ClassSpec(_str_list(item["source"], path, f"classes[{i}].source"), ru, synonyms))
     names = [c.ru for c in out]
     _need(len(set(names)) == len(names), path, "Russian class names must be unique")
     sources = [s for c in out for s in c.source]

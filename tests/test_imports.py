@@ -10,7 +10,7 @@ from import_graph import closure, cycles, depth, import_graph, module_files
 CORE = {"zeroshot", "zeroshot.budget", "zeroshot.cli", "zeroshot.command", "zeroshot.datasets", "zeroshot.encoders",
         "zeroshot.images", "zeroshot.ladder", "zeroshot.limits", "zeroshot.linear", "zeroshot.manifest",
         "zeroshot.outputs", "zeroshot.pipeline", "zeroshot.progress", "zeroshot.report", "zeroshot.resources",
-        "zeroshot.scoring", "zeroshot.text"}
+        "zeroshot.scoring", "zeroshot.text", "zeroshot.visual_bank"}
 SIDE_TOOLS = {"zeroshot.retrieve", "zeroshot.verify", "zeroshot.head", "zeroshot.evaluate"}
 SIDE_LIBRARY = "zeroshot.embed"
 

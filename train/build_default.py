@@ -23,13 +23,14 @@ import sys
 from pathlib import Path
 from typing import Any, Dict, List, Optional
 
-from zeroshot.manifest import to_dict
+from zeroshot.manifest import load_manifest, to_dict
 from zeroshot.text import normalize_name
 
 from .concepts import load_bank
 from .contract import (NORMALIZE, TEXT_ENCODER_FILE, TOKENIZER_FILE,
                        model_files, text_config, tokenizer)
 from .manifest_io import write_manifest
+from .visual_bank import BANK_DIR
 from zeroshot.command import make_parser, parse_args
 
 logger = logging.getLogger(__name__)
@@ -68,6 +69,11 @@ RUNGS: List[Dict[str, Any]] = [
 # 6 down); ensemble-260 beats both (39.10; 9 and 10 rows up). fp32-260, the dev set's best rung, does not: below
 # fp32 on the mean (37.07) and on 8 of the 15 rows, below int8 on 8 rows.
 LADDER = ["int8", "fp32", "ensemble-260"]
+# The visual concept bank (train/visual_bank.py, zeroshot/visual_bank.py): committed under train/vocab/visual_bank,
+# encoded with the ensemble-260 rung; the Lite2 rungs (the defaults, int8, fp32) use its Lite2 part (the features
+# are each member's unit features concatenated, Lite0, Lite1, Lite2).
+VISUAL_BANK = {"threshold": 0.7, "weight": 10.0, "offset": 0.0, "margin": 0.02, "center": True}
+LITE2_FEATURES = (2560, 3840)
 CHECK_TEXTS = ["кошка", "собаки", "немецкая овчарка", "Гаечный ключ.", "самолёт", "инь и янь", "галактика",
                "носки", "радуга", "electric guitar", "фото подсолнуха", "небоскрёб"]
 
@@ -173,7 +179,24 @@ def build(out: Path, calibration: Optional[Path]) -> Dict[str, Any]:
     variants = {name: {"image_encoder": rung_file(name)} for name in ladder}
     extras = {name: {"image": rung_image(specs[specs[name].get("int8_of", name)]),
                      "description": specs[name]["description"]} for name in ladder}
-    return write_manifest(out, files, sections, variants, extras)
+    manifest = write_manifest(out, files, sections, variants, extras)
+    return add_visual_bank(out, manifest.ladder) if (BANK_DIR / "prototypes.npy").is_file() else manifest
+
+
+def add_visual_bank(out: Path, ladder: List[str], bank_dir: Path = BANK_DIR,
+                    section: Optional[Dict[str, Any]] = None) -> Any:
+    """A visual concept bank (default: the committed one) into the model folder, each rung in its own feature
+    space, with the ``visual_bank`` section ``section`` (default: VISUAL_BANK)."""
+    from .text_encoder import EMBEDDING_NAME
+    from .visual_bank import add_to_model
+
+    specs = {r["name"]: r for r in RUNGS}
+    lite2 = {name for name in ladder if specs[specs[name].get("int8_of", name)]["backbones"] == ["lite2"]}
+    slices: Dict[Optional[str], Any] = {name: LITE2_FEATURES for name in lite2}
+    if ladder[0] in lite2:  # the defaults are the cheapest rung
+        slices[None] = LITE2_FEATURES
+    add_to_model(out, bank_dir, {"embedding_output": EMBEDDING_NAME, **(section or VISUAL_BANK)}, slices)
+    return load_manifest(out)
 
 
 def main(argv: Optional[List[str]] = None) -> int:

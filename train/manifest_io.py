@@ -48,3 +48,22 @@ def write_manifest(model_dir: Path, files: Dict[str, str], sections: Dict[str, A
     path.write_text(typed.to_json(), encoding="utf-8")
     logger.info("wrote %s", path)
     return typed
+
+
+def add_to_manifest(model_dir: Path, files: Dict[str, str], sections: Dict[str, Any],
+                    variant_files: Optional[Dict[str, Dict[str, str]]] = None) -> Manifest:
+    """Add files (role -> name inside ``model_dir``), top-level sections and per-variant files to an existing
+    manifest.json, checked through the runtime's type as :func:`write_manifest` writes it; returns it."""
+    import json
+
+    model_dir = Path(model_dir)
+    path = model_dir / MANIFEST_NAME
+    manifest = json.loads(path.read_text(encoding="utf-8"))
+    manifest.update(sections)
+    manifest["files"].update(_file_entries(model_dir, files))
+    for name, vf in (variant_files or {}).items():
+        manifest["variants"][name]["files"].update(_file_entries(model_dir, vf))
+    typed = Manifest.from_dict(manifest, path)
+    path.write_text(typed.to_json(), encoding="utf-8")
+    logger.info("updated %s: %s", path, sorted(files) + sorted(sections))
+    return typed

@@ -145,6 +145,24 @@ class SuiteCache:
         self.memory[key] = np.load(path)
         return self.memory[key]
 
+    def names(self, ds: Dataset) -> np.ndarray:
+        """float32 (C, T): every class name's concept-bank embedding (``Model.name_vectors``)."""
+        key = ("names", ds.name)
+        if key in self.memory:
+            return self.memory[key]
+        model = self.model(None)
+        sha = model.manifest.files["text_encoder"].sha256[:16]
+        text = json.dumps([model.text_cfg.normalize, ds.classes], ensure_ascii=False)
+        path = self.folder / "names" / sha / f"{ds.name}-{digest([text])}.npy"
+        if not path.is_file():
+            vecs = model.name_vectors(ds.classes)
+            path.parent.mkdir(parents=True, exist_ok=True)
+            tmp = path.with_name(path.name + ".tmp.npy")
+            np.save(tmp, vecs)
+            tmp.replace(path)
+        self.memory[key] = np.load(path)
+        return self.memory[key]
+
     def templates(self, ds: Dataset, templates: Sequence[str]) -> np.ndarray:
         """float32 (T, C, D): :meth:`template` of each of ``templates``."""
         return np.stack([self.template(ds, t) for t in templates])

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import logging
 from pathlib import Path
-from typing import Dict, List, Sequence
+from typing import Dict, List, Sequence, Tuple
 
 import numpy as np
 import torch
@@ -28,11 +28,13 @@ from .use_m import UseM, sp_model_path
 logger = logging.getLogger(__name__)
 
 OUTPUT_NAME = "class_weights"
+EMBEDDING_NAME = "name_embedding"  # the prompt's unit USE-m vector: the concept bank matches names on it
 PARITY_TOLERANCE = 1e-4
 
 
 class ConceptTextEncoder(nn.Module):
-    """input_ids, attention_mask int64 (B, L) -> class_weights float32 (B, 1000), rows sum to 1."""
+    """input_ids, attention_mask int64 (B, L) -> (class_weights float32 (B, 1000), rows sum to 1;
+    name_embedding float32 (B, 512), the prompt's unit USE-m vector)."""
 
     def __init__(self, use: UseM, entries: np.ndarray, index: np.ndarray, distributions: np.ndarray,
                  scale: float, top_k: int) -> None:
@@ -51,8 +53,9 @@ class ConceptTextEncoder(nn.Module):
         sims = torch.cat([sims, sentinel], dim=1)
         return sims[:, self.index].amax(dim=-1)
 
-    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
-        return self.mix_concepts(self.use(input_ids, attention_mask))
+    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
+        query = self.use(input_ids, attention_mask)
+        return self.mix_concepts(query), query
 
     def mix_concepts(self, query: torch.Tensor) -> torch.Tensor:
         """(B, 512) USE-m vectors -> (B, 1000) class weights: softmax over the top_k concepts, mixed."""
@@ -92,16 +95,16 @@ def export_text_encoder(module: ConceptTextEncoder, out_path: Path, tok: Tokeniz
     feeds = token_feeds(tok, check_texts)
     example = (torch.from_numpy(feeds[INPUT_IDS]), torch.from_numpy(feeds[ATTENTION_MASK]))
     torch.onnx.export(module, example, str(out_path), dynamo=False, opset_version=OPSET,
-                      input_names=[INPUT_IDS, ATTENTION_MASK], output_names=[OUTPUT_NAME],
-                      dynamic_axes={INPUT_IDS: {0: "batch", 1: "length"},
-                                    ATTENTION_MASK: {0: "batch", 1: "length"}, OUTPUT_NAME: {0: "batch"}})
+                      input_names=[INPUT_IDS, ATTENTION_MASK], output_names=[OUTPUT_NAME, EMBEDDING_NAME],
+                      dynamic_axes={INPUT_IDS: {0: "batch", 1: "length"}, ATTENTION_MASK: {0: "batch", 1: "length"},
+                                    OUTPUT_NAME: {0: "batch"}, EMBEDDING_NAME: {0: "batch"}})
     opset, ir_version = finalize_onnx(out_path)
     opts = ort.SessionOptions()
     opts.intra_op_num_threads = 1  # the validation numbers go into the manifest: same on any core count
     session = ort.InferenceSession(str(out_path), sess_options=opts, providers=["CPUExecutionProvider"])
     got = session.run([OUTPUT_NAME], feeds)[0]
     with torch.no_grad():
-        want = module(*example).numpy()
+        want = module(*example)[0].numpy()
     diff = float(np.abs(got - want).max())
     agree = float((got.argmax(1) == want.argmax(1)).mean())
     if diff > PARITY_TOLERANCE:

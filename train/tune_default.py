@@ -38,8 +38,9 @@ from zeroshot.command import make_parser, parse_args
 from zeroshot.datasets import Dataset, discover
 from zeroshot.images import load_image, preprocess
 from zeroshot.limits import DEV_GT, DEVSETS_DIR
-from zeroshot.manifest import BalanceConfig, ScoreConfig, TransductiveConfig, read_section
+from zeroshot.manifest import BalanceConfig, ScoreConfig, TransductiveConfig, VisualBankConfig, read_section
 from zeroshot.scoring import class_logits, predict
+from zeroshot.visual_bank import ClassMatch, bank_logits
 from zeroshot.text import normalize_name
 
 from .concepts import GROUP_FILES, concept_similarities, load_bank, mix
@@ -233,20 +234,25 @@ class TextSide:
 
 
 def score_dataset(s: Dict[str, Any], w: np.ndarray, probs: np.ndarray, feats: np.ndarray, truth: np.ndarray,
-                  class_mask: np.ndarray, valid: Optional[np.ndarray] = None) -> float:
+                  class_mask: np.ndarray, valid: Optional[np.ndarray] = None, match: Optional[ClassMatch] = None
+                  ) -> float:
     """Accuracy x 100 of the runtime's scoring (class logits, balance, transductive step) on one image set.
 
     As predict.py scores a dataset (zeroshot.pipeline): ``s["score"]`` (default: build_default.SCORE) forms
     the logits of class weights ``w`` (C, D) and image vectors ``probs`` (N, D), then ``s["balance"]`` and
     ``s["transductive"]`` on ``feats`` (N, F), each a manifest section as a dict (read through the manifest's
     types). ``valid`` bool (N,): rows from a decoded image (default all; the others get the dataset's prior).
-    ``truth`` int (N,): labels, < 0 for an image without one (not counted).
+    ``truth`` int (N,): labels, < 0 for an image without one (not counted). ``match``: the classes'
+    concept-bank prototypes, added as ``s["visual_bank"]`` says (zeroshot.visual_bank.bank_logits).
     """
     from .build_default import SCORE
 
     valid = np.ones(len(probs), bool) if valid is None else valid
     score = read_section(ScoreConfig, s.get("score", SCORE), "score")
     logits = np.where(valid[:, None], class_logits(probs, w, score), 0.0).astype(np.float32)
+    if match is not None and s.get("visual_bank"):
+        logits = bank_logits(logits, feats, valid, match, read_section(VisualBankConfig, s["visual_bank"],
+                                                                        "visual_bank"))
     pred = predict(logits, valid, class_mask, read_section(BalanceConfig, s["balance"], "balance"),
                    feats.astype(np.float32), read_section(TransductiveConfig, s["transductive"], "transductive"))
     labelled = truth >= 0

@@ -34,10 +34,12 @@ from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 import numpy as np
 
 from contest.suite import LabelledSet, load_suite
+from contest.suite_data import load_spec
+from zeroshot.visual_bank import ClassMatch
 from zeroshot.command import make_parser, parse_args
 from zeroshot.encoders import mean_over_templates
 from zeroshot.limits import DEVSETS_DIR, MODEL_DIR, SUITE_DIR
-from zeroshot.manifest import load_manifest
+from zeroshot.manifest import VisualBankConfig, load_manifest, read_section
 from zeroshot.outputs import write_json_atomic
 
 from .suite_cache import DEFAULT_CACHE, SuiteCache, fill
@@ -121,7 +123,8 @@ def base_config(manifest: Dict[str, Any], rung: Optional[str]) -> Dict[str, Any]
     """The model's current settings: rung, no flip, the manifest's templates, score, balance, transductive."""
     return {"rung": rung, "flip": False, "templates": list(manifest["text"]["templates"]),
             "score": dict(manifest["score"]), "balance": copy.deepcopy(manifest.get("balance")),
-            "transductive": copy.deepcopy(manifest.get("transductive"))}
+            "transductive": copy.deepcopy(manifest.get("transductive")),
+            "visual_bank": copy.deepcopy(manifest.get("visual_bank"))}
 
 
 def _set(*path: str, value: Any) -> Change:
@@ -162,6 +165,22 @@ def knob_values(manifest: Dict[str, Any], base: Dict[str, Any]) -> Dict[str, Lis
         "balance": [(label, _set("balance", value=b)) for label, b in balances],
         "templates": [(" + ".join(f"'{x}'" for x in t), _set("templates", value=list(t))) for t in TEMPLATE_SETS],
         "flip": [("off", _set("flip", value=False)), ("on", _set("flip", value=True))],
+        **bank_knobs(base),
+    }
+
+
+def bank_knobs(base: Dict[str, Any]) -> Dict[str, List[Tuple[str, Change]]]:
+    """The visual concept bank's knobs (none when the model has no bank)."""
+    bank = base.get("visual_bank")
+    if not bank:
+        return {}
+    return {
+        "bank": [("on", _set("visual_bank", value=dict(bank))), ("off", _set("visual_bank", value=None))],
+        "bank weight": [(str(v), _set("visual_bank", "weight", value=v)) for v in (2.0, 5.0, 10.0, 15.0, 20.0, 30.0)],
+        "bank threshold": [(str(v), _set("visual_bank", "threshold", value=v)) for v in (0.6, 0.7, 0.8, 0.9, 0.99)],
+        "bank offset": [(str(v), _set("visual_bank", "offset", value=v)) for v in (0.0, 0.1, 0.2, 0.3)],
+        "bank centre": [("on", _set("visual_bank", "center", value=True)),
+                        ("off", _set("visual_bank", "center", value=False))],
     }
 
 
@@ -187,12 +206,32 @@ def apply(base: Dict[str, Any], changes: Sequence[Change]) -> Dict[str, Any]:
 
 # ---------------------------------------------------------------- scoring from the cache
 
+def own_sources(ls: LabelledSet) -> List[str]:
+    """The repositories a suite set was drawn from (its ``source.json``); none for the dev set."""
+    spec = ls.dataset.root / "source.json"
+    return [load_spec(spec).repo] if spec.is_file() else []
+
+
 class Scorer:
     """Accuracy x 100 of a config on every set, from cached encoder outputs; memoised by config."""
 
-    def __init__(self, cache: SuiteCache, sets: Sequence[LabelledSet]) -> None:
-        self.cache, self.sets = cache, list(sets)
+    def __init__(self, cache: SuiteCache, sets: Sequence[LabelledSet], names_out: bool = False) -> None:
+        """``names_out``: the concept bank also loses every concept named like one of the set's classes."""
+        self.cache, self.sets, self.names_out = cache, list(sets), names_out
         self.memo: Dict[str, Dict[str, float]] = {}
+
+    def match(self, config: Dict[str, Any], ls: LabelledSet) -> Optional[ClassMatch]:
+        """The set's classes matched to the concept bank at the config's rung, every concept drawn from the set's
+        own source collection removed (so a set is scored with what the bank holds of other collections), and
+        with ``names_out`` every concept named like one of its classes."""
+        if not config.get("visual_bank"):
+            return None
+        bank = self.cache.model(config["rung"]).bank
+        if bank is None:
+            return None
+        cfg = read_section(VisualBankConfig, config["visual_bank"], "visual_bank")
+        drop = bank.named(ls.dataset.classes) if self.names_out else []
+        return bank.match(ls.dataset.classes, self.cache.names(ls.dataset), own_sources(ls), cfg, drop)
 
     def views(self, ls: LabelledSet, rung: Optional[str], flip: bool) -> Tuple[np.ndarray, np.ndarray, np.ndarray]:
         """(probs (N, D), features (N, F), valid (N,)) of a set at ``rung``, averaged with the mirror if ``flip``."""
@@ -211,7 +250,7 @@ class Scorer:
         w = mean_over_templates(self.cache.templates(ds, config["templates"]),
                                 self.cache.model(None).manifest.score.similarity)
         truth = np.array([ls.truth.get(i, -1) for i in ds.ids], dtype=np.int64)
-        return score_dataset(config, w, probs, feats, truth, ds.class_mask(), valid)
+        return score_dataset(config, w, probs, feats, truth, ds.class_mask(), valid, self.match(config, ls))
 
     def __call__(self, config: Dict[str, Any]) -> Dict[str, float]:
         key = json.dumps(config, sort_keys=True, ensure_ascii=False)
@@ -273,7 +312,7 @@ def describe(choice: Choice, default: Choice) -> str:
 
 
 def tune(sets: Sequence[LabelledSet], cache: SuiteCache, manifest: Dict[str, Any], rung: Optional[str],
-         wanted: Optional[Sequence[str]], joint: bool) -> Dict[str, Any]:
+         wanted: Optional[Sequence[str]], joint: bool, names_out: bool = False) -> Dict[str, Any]:
     """Every knob's table and leave-one-set-out result (and the joint one); the dev sets scored alongside."""
     base = base_config(manifest, rung)
     knobs = with_defaults(knob_values(manifest, base), base)
@@ -282,7 +321,7 @@ def tune(sets: Sequence[LabelledSet], cache: SuiteCache, manifest: Dict[str, Any
         if unknown:
             raise ValueError(f"unknown knobs {unknown} (known: {list(knobs)})")
         knobs = {k: v for k, v in knobs.items() if k in wanted}
-    scorer = Scorer(cache, sets)
+    scorer = Scorer(cache, sets, names_out)
     suite_sets = [ls.dataset.name for ls in sets if not ls.dev]
     dev_sets = [ls.dataset.name for ls in sets if ls.dev]
     if len(suite_sets) < 2:
@@ -342,6 +381,9 @@ def main(argv: Optional[List[str]] = None) -> int:
                         help="only encode what the cache lacks (every rung, and mirrored if flip is swept)")
     parser.add_argument("--threads", type=int, default=1, help="onnxruntime threads (default: 1)")
     parser.add_argument("--json", type=Path, default=None, help="write every table and result here")
+    parser.add_argument("--bank-names-out", action="store_true",
+                        help="score each set with the visual concept bank's concepts named like its classes removed "
+                             "too (its own source is always removed): the bank must not make pure zero-shot worse")
     args = parse_args(parser, argv)
     from .build_default import MEASURED_RUNG
 
@@ -359,7 +401,7 @@ def main(argv: Optional[List[str]] = None) -> int:
         fill(cache, [ls.dataset for ls in sets], rungs, wanted is None or "flip" in wanted)
         return 0
     try:
-        out = tune(sets, cache, manifest, rung, wanted, not args.no_joint)
+        out = tune(sets, cache, manifest, rung, wanted, not args.no_joint, args.bank_names_out)
     except ValueError as exc:
         logger.error("%s", exc)
         return 2

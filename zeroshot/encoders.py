@@ -17,6 +17,7 @@ from typing import Any, Callable, List, Optional, Sequence, Tuple
 
 import numpy as np
 
+from .visual_bank import Bank, load_bank
 from .linear import load_head
 from .manifest import ImageConfig, Manifest, TextConfig, resolve_file
 from .resources import effective_cpus
@@ -93,6 +94,14 @@ class Model:
                                                    if self.text_cfg.attention_mask else [])
         _check_io(self._text, txt_path, text_inputs, self.text_cfg.output)
         self.head = load_head(self.dir, self.manifest, verify)
+        self.bank: Optional[Bank] = None
+        try:  # optional: a damaged bank costs its gain, never the run
+            self.bank = load_bank(self.dir, self.manifest, variant, verify)
+            if self.bank is not None:
+                _check_io(self._text, txt_path, text_inputs, self.bank.cfg.embedding_output)
+        except (OSError, ValueError) as exc:
+            self.bank = None
+            logger.warning("visual concept bank not used: %s", exc)
         self._text_dim: Optional[int] = None
 
     @property
@@ -124,8 +133,9 @@ class Model:
             ids[lengths > cap, cap - 1] = eos
         return ids, mask
 
-    def encode_texts(self, texts: Sequence[str], batch: int = TEXT_BATCH) -> np.ndarray:
-        """Prompts -> float32 (len(texts), D) text vectors, ``batch`` prompts per run."""
+    def encode_texts(self, texts: Sequence[str], batch: int = TEXT_BATCH, output: Optional[str] = None) -> np.ndarray:
+        """Prompts -> float32 (len(texts), D) text vectors (the graph's ``output``, default the manifest's),
+        ``batch`` prompts per run."""
         cfg = self.text_cfg
         chunks: List[np.ndarray] = []
         for start in range(0, len(texts), batch):
@@ -133,9 +143,25 @@ class Model:
             feeds = {cfg.input_ids: ids}
             if cfg.attention_mask:
                 feeds[cfg.attention_mask] = mask
-            out = self._text.run([cfg.output], feeds)[0]
+            out = self._text.run([output or cfg.output], feeds)[0]
             chunks.append(np.asarray(out, dtype=np.float32).reshape(len(ids), -1))
         return np.concatenate(chunks, axis=0)
+
+    def name_vectors(self, names: Sequence[str],
+                     give_up: Optional[Callable[[int, int], bool]] = None) -> Optional[np.ndarray]:
+        """Class names -> float32 (C, T): the text encoder's ``visual_bank.embedding_output`` of each normalised name
+        (no template), for matching names to the concept bank; None when ``give_up(done, total)`` says so."""
+        if self.bank is None:
+            raise ValueError(f"{self.dir}: the model has no concept bank")
+        cfg = self.text_cfg
+        normalized = [normalize_name(n, cfg.normalize) for n in names]
+        chunks: List[np.ndarray] = []
+        for start in range(0, len(normalized), TEXT_BATCH):
+            if give_up is not None and give_up(start, len(normalized)):
+                return None
+            chunks.append(self.encode_texts(normalized[start:start + TEXT_BATCH],
+                                            output=self.bank.cfg.embedding_output))
+        return np.concatenate(chunks) if chunks else np.zeros((0, 0), dtype=np.float32)
 
     def text_dim(self) -> int:
         """D, the length of a text vector: from the graph's output shape, else by encoding one prompt."""

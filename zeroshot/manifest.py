@@ -25,7 +25,8 @@ from typing import Any, Callable, Dict, List, Optional, Tuple, Union, get_type_h
 MANIFEST_NAME = "manifest.json"
 FORMAT_VERSION = 2
 FILE_KEYS = ("image_encoder", "text_encoder", "tokenizer")
-OPTIONAL_FILE_KEYS = ("tokenizer_id_map", "head")
+VISUAL_BANK_FILE_KEYS = ("visual_concepts", "visual_names", "visual_prototypes")
+OPTIONAL_FILE_KEYS = ("tokenizer_id_map", "head") + VISUAL_BANK_FILE_KEYS
 TOKENIZER_TYPES = ("sentencepiece", "hf_tokenizers")
 PADDING_SIDES = ("right", "left")
 RESIZE_MODES = ("center_crop", "resize_center_crop", "resize_center_crop_floor", "crop_square", "squash")
@@ -184,6 +185,25 @@ class HeadConfig:
 
 
 @dataclass(frozen=True)
+class VisualBankConfig:
+    """The visual concept bank (zeroshot.visual_bank): class names matched to image prototypes of named concepts.
+
+    A class whose name's embedding (the text encoder's ``embedding_output``) has cosine at least
+    ``threshold`` with a concept's name or synonym (an equal normalised name counts as 1) gets the mean
+    prototype of the concepts within ``margin`` of its best match; its logit gains
+    ``weight * (cosine(image features, prototype) - offset)``, both sides centred on the dataset's mean
+    image feature first if ``center``.
+    """
+
+    embedding_output: str
+    threshold: float = _spec(check=(lambda v: -1.0 <= v <= 1.0, "must be in [-1, 1]"))
+    weight: float = _spec(check=(lambda v: v >= 0, "must be >= 0"))
+    offset: float = 0.0
+    margin: float = _spec(0.02, check=(lambda v: v >= 0, "must be >= 0"))
+    center: bool = True
+
+
+@dataclass(frozen=True)
 class Variant:
     """Files (and image settings) that replace the defaults when this variant runs."""
 
@@ -207,6 +227,7 @@ class Manifest:
     balance: Optional[BalanceConfig] = None
     transductive: Optional[TransductiveConfig] = None
     head: Optional[HeadConfig] = None
+    visual_bank: Optional[VisualBankConfig] = None
     variants: Dict[str, Variant] = _spec(factory=dict)
     ladder: List[str] = _spec(factory=list)        # variant names, cheapest first
     validation: Dict[str, Any] = _spec(factory=dict)   # free-form: what the builder measured
@@ -231,6 +252,8 @@ class Manifest:
                               "(or both be absent)")
         if (self.head is None) != ("head" not in self.files):
             raise _fail(path, "a head section and files.head go together")
+        if any((self.visual_bank is None) == (key in self.files) for key in VISUAL_BANK_FILE_KEYS):
+            raise _fail(path, f"a visual_bank section and files.{', files.'.join(VISUAL_BANK_FILE_KEYS)} go together")
         for name, variant in self.variants.items():
             for key in variant.files:
                 if key not in FILE_KEYS + OPTIONAL_FILE_KEYS:

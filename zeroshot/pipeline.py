@@ -33,6 +33,7 @@ from .manifest import ImageConfig
 from .limits import JUDGE_MEMORY_GB
 from .progress import Progress
 from .resources import PixelBudget
+from .visual_bank import ClassMatch, bank_logits
 from .scoring import class_logits, predict
 
 logger = logging.getLogger(__name__)
@@ -165,6 +166,7 @@ class _DatasetRun:
         n = len(ds.images)
         self.scores = np.zeros((n, len(ds.classes)), dtype=np.float32)
         self.features: Optional[np.ndarray] = None
+        self.match: Optional[ClassMatch] = None
         self.valid = np.zeros(n, dtype=bool)
         self.tiers = {tier: 0 for tier in TIERS}
         self.problems: List[str] = []
@@ -221,7 +223,26 @@ class _DatasetRun:
             self.budget.record_prompts(prompts - done, 0.0, encoded=False)
         if vecs is None:
             self._problem(f"{self.ds.root}: {gate.reason}; the dataset gets its prior class")
+        elif self.model.bank is not None:
+            self.match = self.bank_match()
         return vecs
+
+    def bank_match(self) -> Optional[ClassMatch]:
+        """The classes' concept-bank prototypes (zeroshot.visual_bank), or None when the names cannot be matched in
+        time or at all (the dataset is then scored without the bank; the reason is one of its problems)."""
+        started = time.monotonic()
+        gate = ClassGate(self.budget, self.stop, started)
+        try:
+            vecs = self.model.name_vectors(self.ds.classes, gate)
+            if vecs is None:
+                self._problem(f"{self.ds.root}: concept bank not used: {gate.reason}")
+                return None
+            return self.model.bank.match(self.ds.classes, vecs)
+        except Exception as exc:  # the bank only adds to the zero-shot scores: without it the dataset still scores
+            self._problem(f"{self.ds.root}: concept bank not used: {type(exc).__name__}: {exc}")
+            return None
+        finally:
+            self.busy_s += time.monotonic() - started
 
     def _problem(self, message: str) -> None:
         logger.warning("%s", message)
@@ -284,10 +305,13 @@ class _DatasetRun:
     def labels(self) -> np.ndarray:
         """int64 (N,) classes: scored rows by the scores, the rest by the dataset's prior.
 
-        A trained head (the manifest's optional ``head``) whose classes match this
-        dataset's replaces or adjusts the zero-shot scores first.
+        The concept bank's prototypes (the manifest's optional ``visual_bank``) add to the
+        scores of the classes whose names it matched; then a trained head (the
+        optional ``head``) whose classes match this dataset's replaces or adjusts them.
         """
         scores, model = self.scores, self.model
+        if model.bank is not None:
+            scores = bank_logits(scores, self.features, self.valid, self.match, model.bank.cfg)
         if model.head is not None:
             scores = model.head.adjust(self.ds.classes, scores, self.features, self.valid,
                                        model.text_cfg.normalize)
