@@ -41,7 +41,8 @@ Spec fields (``source.json``; an unknown key is an error):
 ``commit``                  40 lowercase hex digits: the commit whose files are read
 ``licence``                 the licence as the repository states it, or ``"none stated"``
 ``layout``                  ``"folders"`` or ``"csv"``
-``folders``                 (folders) list of root folders in the repo to pool (e.g. train and test);
+``folders``                 (folders) list of root folders in the repo to pool (e.g. train and test;
+                            ``"/"``: the repository's top level);
                             a class is a directory directly below a root, its images every file
                             below that directory (recursively)
 ``csv``                     (csv) list of CSV files in the repo
@@ -364,7 +365,7 @@ def _folder_candidates(git_dir: Path, spec: Spec) -> Dict[str, Dict[str, str]]:
         if not tree:
             raise ValueError(f"folder {folder!r} is empty or missing at {spec.commit} in {git_dir}")
         for path, sha in tree.items():
-            rest = path[len(folder) + 1:]
+            rest = path[len(folder) + 1:] if folder else path
             if "/" in rest and _wanted(path, spec):
                 found.setdefault(rest.split("/", 1)[0], {})[path] = sha
     return found
