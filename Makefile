@@ -7,6 +7,9 @@ limit = $(shell python3 -m zeroshot.limits $(1))
 DATA ?= $(call limit,DEVSETS_DIR)
 GT ?= $(DATA)/gt.json
 OUT ?= dist/predictions.json
+# make run: predict.py's run report (tiers per image) and the evaluation's HTML page
+RUN_REPORT ?= dist/report.json
+HTML ?= dist/report.html
 # natural images for the export checks and the int8 calibration (the dev set's images)
 CALIB ?= $(call limit,CALIBRATION_DIR)
 BUNDLE ?= dist/submission.zip
@@ -62,10 +65,11 @@ model/manifest.json: .venv/.stamp $(MODEL_SOURCES)
 
 model: model/manifest.json  ## build the default model into model/ (offline, from pip-installed weights)
 
-run: data-check model  ## set up and predict DATA (default: the dev set) with the default model, then score it
+run: data-check model  ## set up and predict DATA (default: the dev set) with the default model, then score it (and write the HTML report HTML)
 	PYTHON=$(PY) ./setup.sh
-	PYTHON=$(PY) ./predict.sh $(DATA) $(OUT)
-	@if [ -f "$(GT)" ]; then $(PY) -m zeroshot.evaluate $(GT) $(OUT) --per-class --data $(DATA); fi
+	PYTHON=$(PY) ./predict.sh $(DATA) $(OUT) --report $(RUN_REPORT)
+	@if [ -f "$(GT)" ]; then $(PY) -m zeroshot.evaluate $(GT) $(OUT) --per-class --data $(DATA) \
+	  --html $(HTML) --run-report $(RUN_REPORT); fi
 
 data-check:
 	@if [ ! -d "$(DATA)" ]; then \

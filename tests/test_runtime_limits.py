@@ -23,7 +23,7 @@ from conftest import REPO, read_json, run_predict_sh
 from datagen import make_dataset, photo
 
 from zeroshot import cli, pipeline
-from zeroshot.budget import FULL, PRIOR, Budget
+from zeroshot.budget import FAST, FULL, PRIOR, Budget
 from zeroshot.datasets import discover
 from zeroshot.encoders import MAX_PROMPT_TOKENS, Model, make_session
 from zeroshot.images import load_image
@@ -146,6 +146,8 @@ def test_sigterm_and_sigint_leave_a_complete_json_and_a_report(tiny_model: Path,
     assert rep["status"] == "stopped"
     assert rep["datasets"]["a"]["tiers"][FULL] > 0 and rep["datasets"]["a"]["tiers"][PRIOR] > 0
     assert rep["datasets"]["b"]["tiers"] == {"full": 0, "fast": 0, "prior": 10}
+    assert rep["datasets"]["b"]["fallback"] == {"prior": sorted(truth["b"])}
+    assert len(rep["datasets"]["a"]["fallback"]["prior"]) == rep["datasets"]["a"]["tiers"][PRIOR]
 
 
 # --- --report ------------------------------------------------------------------------------------
@@ -165,6 +167,7 @@ def test_report_has_threads_versions_budget_tiers_and_problems(tiny_model: Path,
     assert rep["budget"]["total_images"] == 6 and rep["budget"]["seconds"] > 0
     ds = rep["datasets"]["a"]
     assert ds["images"] == 6 and ds["classes"] == 2 and ds["tiers"] == {"full": 6, "fast": 0, "prior": 0}
+    assert ds["fallback"] == {}  # the undecodable image is on the full tier (its problem names it)
     assert any("bad.jpg" in p for p in ds["problems"]) and ds["images_per_s"] > 0
     assert any(str(root / "junk") in p for p in rep["problems"])
 
@@ -407,8 +410,22 @@ def test_d6_queued_decodes_are_cancelled_when_time_runs_out(tiny_model: Path, tm
     res = pipeline.predict_dataset(ds, model, budget, decoder, batch_size=4)
     decoder.close()
     assert len(res.predictions) == 40
-    assert res.tiers[FULL] == 4 and res.tiers[PRIOR] == 36
+    assert res.tiers[FULL] == 4 and res.tiers[PRIOR] == 36 and res.fallback == {PRIOR: ds.ids[4:]}
     assert len(calls) <= 4 + 2, "queued decodes kept running after the switch to the prior tier"
+
+
+def test_the_images_below_the_full_tier_are_named_up_to_a_cap(tiny_model: Path, tmp_path: Path,
+                                                               monkeypatch: pytest.MonkeyPatch) -> None:
+    root = tmp_path / "data"
+    make_dataset(root, "a", ["x", "y"], 20)
+    tiers = iter([FULL, FULL, FAST, FAST, PRIOR, PRIOR])  # the class prompts, then one per batch of 4
+    monkeypatch.setattr(Budget, "choose", lambda self, images: next(tiers))
+    monkeypatch.setattr(pipeline, "FALLBACK_IDS", 6)
+    ds = discover(root)[0][0]
+    decoder = pipeline.Decoder(0, PixelBudget(10 ** 8))
+    res = pipeline.predict_dataset(ds, Model(tiny_model, threads=1), Budget(1e6, total_images=20, fast_ratio=None), decoder, 4)
+    assert res.tiers == {FULL: 4, FAST: 8, PRIOR: 8}
+    assert res.fallback == {FAST: ds.ids[4:10], PRIOR: ds.ids[12:18]}
 
 
 # --- the "Also" list ----------------------------------------------------------------------------------------

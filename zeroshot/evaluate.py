@@ -1,24 +1,31 @@
 """The contest metric: mean over datasets of accuracy x 100.
 
 Usage: ``python -m zeroshot.evaluate GT_JSON PRED_JSON [--strict] [--json OUT]
-[--per-class [--data DATASETS_DIR]]``.
+[--per-class] [--data DATASETS_DIR] [--html FILE [--run-report REPORT_JSON]]``.
 Prints per-dataset accuracy and the score to stdout; ``--per-class`` adds each
 class's accuracy, worst first (named from DATASETS_DIR's classes.json files).
+``--html`` also writes a self-contained HTML page (zeroshot/html_report.py):
+per-class accuracy, confusion heat maps, the most frequent confusions with
+thumbnails from DATASETS_DIR, and the images predict.py's run report puts on
+the fast or prior tier.
 An image missing from the predictions counts as wrong; with ``--strict``
 missing or extra ids (or datasets) make the command fail.
 """
 
 from __future__ import annotations
 
+import argparse
 import logging
 import sys
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Dict, List, Optional, Sequence
+from typing import Any, Dict, List, Optional, Sequence
 
-from .datasets import discover
-from .outputs import Predictions, read_predictions, write_json_atomic
+from .datasets import Dataset, discover
+from .html_report import render, write_html
+from .outputs import Predictions, os_error_text, read_predictions, write_json_atomic
 from .command import make_parser, parse_args
+from .report import read_report
 
 logger = logging.getLogger(__name__)
 
@@ -103,6 +110,21 @@ def report_dict(report: Report) -> Dict[str, object]:
             "datasets": [dict(asdict(d), accuracy=d.accuracy) for d in report.datasets]}
 
 
+def write_page(args: argparse.Namespace, gt: Predictions, pred: Predictions, report: Report,
+               datasets: Dict[str, Dataset], run_report: Optional[Dict[str, Any]]) -> bool:
+    """Write the --html page; False (logged) when it cannot be written."""
+    sources = [("ground truth", str(args.gt)), ("predictions", str(args.pred))]
+    sources += [(what, str(path)) for what, path in (("datasets", args.data), ("run report", args.run_report)) if path]
+    page = render(report_dict(report), gt, pred, datasets, run_report, sources)
+    try:
+        write_html(args.html, page)
+    except OSError as exc:
+        logger.error("--html %s: cannot write it: %s", args.html, os_error_text(exc))
+        return False
+    logger.info("wrote the HTML report %s (%.0f KB)", args.html, len(page.encode("utf-8")) / 1024)
+    return True
+
+
 def main(argv: Optional[List[str]] = None) -> int:
     parser = make_parser("python -m zeroshot.evaluate", __doc__.split("\n")[0])
     parser.add_argument("gt", type=Path, help="ground truth JSON in the judge's format")
@@ -111,19 +133,27 @@ def main(argv: Optional[List[str]] = None) -> int:
     parser.add_argument("--json", type=Path, default=None, help="also write the report as JSON here")
     parser.add_argument("--per-class", action="store_true", help="also print each class's accuracy, worst first")
     parser.add_argument("--data", type=Path, default=None,
-                        help="the datasets dir, to name the classes in --per-class (from classes.json)")
+                        help="the datasets dir, to name the classes (from classes.json) and show images in --html")
+    parser.add_argument("--html", type=Path, default=None,
+                        help="also write a self-contained HTML report here (per-class accuracy, confusions, thumbnails)")
+    parser.add_argument("--run-report", type=Path, default=None,
+                        help="predict.py's --report JSON, for the --html page's fast and prior tier images")
     args = parse_args(parser, argv)
     try:
-        report = evaluate(read_predictions(args.gt), read_predictions(args.pred))
-        names = {ds.name: ds.classes for ds in discover(args.data)[0]} if args.data is not None else None
+        gt, pred = read_predictions(args.gt), read_predictions(args.pred)
+        report = evaluate(gt, pred)
+        datasets = {ds.name: ds for ds in discover(args.data)[0]} if args.data is not None else {}
+        run_report = read_report(args.run_report) if args.run_report is not None else None
     except (FileNotFoundError, ValueError) as exc:
         logger.error("%s", exc)
         return 2
     sys.stdout.write(format_report(report) + "\n")
     if args.per_class:
-        sys.stdout.write(format_per_class(report, names) + "\n")
+        sys.stdout.write(format_per_class(report, {n: ds.classes for n, ds in datasets.items()}) + "\n")
     if args.json is not None:
         write_json_atomic(args.json, report_dict(report))
+    if args.html is not None and not write_page(args, gt, pred, report, datasets, run_report):
+        return 2
     if args.strict and not report.clean():
         logger.error("predictions and ground truth differ in datasets or ids (--strict)")
         return 1

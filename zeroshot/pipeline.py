@@ -47,6 +47,7 @@ CLASS_VECTOR_COPIES = 3  # the class vectors, and the float32 and normalised cop
 SCORE_BYTES = 48  # per (image, class): the float32 scores and the float64 work arrays of predict()
 CLASS_GATE_MEASURE_S = 1.0  # class prompts are encoded this long before their speed may stop them
 POLL_S = 0.1  # how often a wait for decodes checks the deadline and the stop flag
+FALLBACK_IDS = 200  # per dataset and tier, the ids of images below the full tier kept for the run report
 
 
 
@@ -60,6 +61,7 @@ class DatasetResult:
     classes: int = 0
     problems: List[str] = field(default_factory=list)
     tiers: Dict[str, int] = field(default_factory=lambda: {tier: 0 for tier in TIERS})
+    fallback: Dict[str, List[str]] = field(default_factory=dict)  # fast / prior -> its first FALLBACK_IDS ids
     busy_s: float = 0.0  # seconds of prompt encoding and image batches (the rest is per-dataset overhead)
 
 
@@ -169,6 +171,7 @@ class _DatasetRun:
         self.match: Optional[ClassMatch] = None
         self.valid = np.zeros(n, dtype=bool)
         self.tiers = {tier: 0 for tier in TIERS}
+        self.fallback: Dict[str, List[str]] = {}
         self.problems: List[str] = []
         self.busy_s = 0.0  # seconds spent on prompts and batches (the rest is per-dataset overhead)
 
@@ -248,8 +251,15 @@ class _DatasetRun:
         logger.warning("%s", message)
         self.problems.append(message)
 
-    def _encode(self, batch: _Batch, class_vecs: np.ndarray) -> int:
-        """Wait for a batch's decodes and score them; returns how many images got the batch's tier."""
+    def _count(self, tier: str, rows: List[int]) -> None:
+        """Count the images at ``rows`` on ``tier``; below the full tier, keep the first FALLBACK_IDS ids."""
+        self.tiers[tier] += len(rows)
+        if tier != FULL and rows:
+            kept = self.fallback.setdefault(tier, [])
+            kept.extend(self.ds.ids[r] for r in rows[:FALLBACK_IDS - len(kept)])
+
+    def _encode(self, batch: _Batch, class_vecs: np.ndarray) -> List[bool]:
+        """Wait for a batch's decodes and score them; returns, per image, whether it got the batch's tier."""
         decoded = [self.decoder.result(f, self.give_up) for f in batch.futures]
         ok = []
         for i, item in enumerate(decoded):
@@ -269,7 +279,7 @@ class _DatasetRun:
             self.scores[rows] = class_logits(vectors, class_vecs, self.model.manifest.score)
             self.features[rows] = feats
             self.valid[rows] = True
-        return sum(item is not None for item in decoded)
+        return [item is not None for item in decoded]
 
     def run_batches(self, class_vecs: np.ndarray) -> None:
         """Every batch, decoded ``decoder.lookahead`` batches ahead; records each in the budget."""
@@ -289,14 +299,15 @@ class _DatasetRun:
                     submitted += 1
                 batch = queue.popleft()
                 mark = time.monotonic()
-                done = self._encode(batch, class_vecs) if batch.futures else 0
+                got = self._encode(batch, class_vecs) if batch.futures else [False] * (batch.stop - batch.start)
                 seconds = time.monotonic() - mark
                 self.busy_s += seconds
-                size = batch.stop - batch.start
-                self.budget.record(batch.tier, done, seconds)
-                self.budget.record(PRIOR, size - done, 0.0)
-                self.tiers[batch.tier] += done
-                self.tiers[PRIOR] += size - done
+                done = [batch.start + i for i, ok in enumerate(got) if ok]
+                rest = [batch.start + i for i, ok in enumerate(got) if not ok]
+                self.budget.record(batch.tier, len(done), seconds)
+                self.budget.record(PRIOR, len(rest), 0.0)
+                self._count(batch.tier, done)
+                self._count(PRIOR, rest)
                 progress.update(batch.stop)
         finally:
             for batch in queue:
@@ -325,7 +336,7 @@ def prior_result(ds: Dataset, started: float, problems: List[str]) -> DatasetRes
     tiers = {tier: 0 for tier in TIERS}
     tiers[PRIOR] = len(ds.images)
     return DatasetResult(ds.name, {i: first for i in ds.ids}, time.monotonic() - started, len(ds.classes),
-                         problems, tiers)
+                         problems, tiers, {PRIOR: ds.ids[:FALLBACK_IDS]} if ds.ids else {})
 
 
 def predict_dataset(ds: Dataset, model: Model, budget: Budget, decoder: Decoder, batch_size: int,
@@ -360,7 +371,7 @@ def _predict(run: _DatasetRun, started: float) -> DatasetResult:
         return prior_result(ds, started, ds.problems + run.problems + [message])
     preds = {image_id: int(label) for image_id, label in zip(ds.ids, labels)}
     return DatasetResult(ds.name, preds, time.monotonic() - started, len(ds.classes), ds.problems + run.problems,
-                         run.tiers)
+                         run.tiers, run.fallback)
 
 
 def run_all(datasets: List[Dataset], model: Model, budget: Budget, batch_size: int, decoder: Decoder,

@@ -9,9 +9,13 @@ One JSON object (schema version ``REPORT_VERSION``)::
      "budget": {"seconds": ..., "total_images": ..., "seconds_per_image": {...}, "tiers": {...}},
      "seconds": 12.3, "images": 570, "images_per_s": 46.3,
      "datasets": {"<name>": {"images", "classes", "seconds", "images_per_s",
-                            "tiers": {"full", "fast", "prior"}, "problems": [...]}},
+                            "tiers": {"full", "fast", "prior"}, "fallback": {"fast": [ids], "prior": [ids]},
+                            "problems": [...]}},
      "problems": [...]}
 
+``fallback`` names the images below the full tier (the first
+``pipeline.FALLBACK_IDS`` of each; ``tiers`` counts them all), for
+``zeroshot.evaluate --run-report``.
 It is written before any work (an unwritable path is said in one line, and
 the run goes on without a report), then rewritten after each dataset like the
 predictions (zeroshot.outputs.OutputFile: atomically where it can be); a write
@@ -53,7 +57,8 @@ def dataset_entry(result: Any) -> Dict[str, Any]:
     n = len(result.predictions)
     return {"images": n, "classes": result.classes, "seconds": round(result.seconds, 3),
             "images_per_s": round(n / result.seconds, 2) if result.seconds > 0 else None,
-            "tiers": dict(result.tiers), "problems": list(result.problems)}
+            "tiers": dict(result.tiers), "fallback": {tier: list(ids) for tier, ids in result.fallback.items()},
+            "problems": list(result.problems)}
 
 
 class RunReport:
