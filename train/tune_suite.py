@@ -169,16 +169,29 @@ def knob_values(manifest: Dict[str, Any], base: Dict[str, Any]) -> Dict[str, Lis
     }
 
 
+BANK_WEIGHTS = (5.0, 10.0, 20.0, 30.0)
+BANK_THRESHOLDS = (0.8, 0.85, 0.9, 0.95)
+
+
+def _pair(weight: float, threshold: float) -> Change:
+    """Set the bank's weight and match threshold together (they interact: a looser match wants a lighter hand)."""
+    def change(c: Dict[str, Any]) -> None:
+        _set("visual_bank", "weight", value=weight)(c)
+        _set("visual_bank", "threshold", value=threshold)(c)
+    return change
+
+
 def bank_knobs(base: Dict[str, Any]) -> Dict[str, List[Tuple[str, Change]]]:
     """The visual concept bank's knobs (none when the model has no bank)."""
     bank = base.get("visual_bank")
     if not bank:
         return {}
+    pairs = [(w, t) for w in BANK_WEIGHTS for t in BANK_THRESHOLDS]
     return {
         "bank": [("on", _set("visual_bank", value=dict(bank))), ("off", _set("visual_bank", value=None))],
-        "bank weight": [(str(v), _set("visual_bank", "weight", value=v)) for v in (2.0, 5.0, 10.0, 15.0, 20.0, 30.0)],
-        "bank threshold": [(str(v), _set("visual_bank", "threshold", value=v)) for v in (0.6, 0.7, 0.8, 0.9, 0.99)],
-        "bank offset": [(str(v), _set("visual_bank", "offset", value=v)) for v in (0.0, 0.1, 0.2, 0.3)],
+        "bank weight x threshold": [(f"{w} x {t}", _pair(w, t)) for w, t in pairs],
+        "bank offset": [(str(v), _set("visual_bank", "offset", value=v)) for v in (0.0, 0.1, 0.2)],
+        "bank margin": [(str(v), _set("visual_bank", "margin", value=v)) for v in (0.0, 0.02, 0.05)],
         "bank centre": [("on", _set("visual_bank", "center", value=True)),
                         ("off", _set("visual_bank", "center", value=False))],
     }
