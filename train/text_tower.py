@@ -18,6 +18,10 @@ Usage::
 
 The jobs live in their own modules: train/tower_run.py (settings and state), tower_data.py (inputs),
 tower_loop.py (training), tower_eval.py (evaluation), tower_export.py (the model folder).
+
+Started by ``torchrun`` it runs as one of several processes (train/distributed.py): the image cache and
+the training batches are shared out by rank, rank 0 evaluates and writes checkpoints, the report and the
+export; ``--batch-size`` stays the global batch. Without torchrun it is one process, as always.
 """
 
 from __future__ import annotations
@@ -33,8 +37,10 @@ import numpy as np
 import torch
 
 from zeroshot.command import make_parser, parse_args
+from zeroshot.resources import effective_cpus
 
 from .contract import tokenizer as runtime_tokenizer
+from .distributed import SINGLE, Dist, start, stop
 from .image_cache import ImageTower, embed_cached
 from .tower_data import load_eval_set, read_input, split_pairs
 from .tower_eval import evaluate
@@ -56,19 +62,23 @@ def _config(args: Any) -> TrainConfig:
                        checkpoint_every=args.checkpoint_every, val_fraction=args.val_fraction)
 
 
-def prepare(args: Any) -> Optional[Run]:
-    """Read the input, fill the image cache and build the tower; None after ``--stage cache``."""
+def prepare(args: Any, dist: Dist = SINGLE) -> Optional[Run]:
+    """Read the input, fill the image cache and build the tower; None after ``--stage cache``.
+
+    ``dist``: this process among torchrun's; each embeds its share of the uncached images.
+    """
     cfg = _config(args)
     if cfg.device == "cuda" and not torch.cuda.is_available():
         raise ValueError("--device cuda: torch sees no CUDA device")
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    image_tower = ImageTower(args.image_model)
+    threads = max(1, effective_cpus().cpus // dist.local_world) if dist.active else 0
+    image_tower = ImageTower(args.image_model, threads)
     m = image_tower.manifest
     pairs = read_input(args, m.text.templates, m.text.normalize)
     cache = Path(args.cache) if args.cache else out / "cache"
-    vectors, image_rows = embed_cached(image_tower, pairs.images, cache)
-    eval_set = load_eval_set(args.eval, args.eval_gt, image_tower, cache) if args.eval else None
+    vectors, image_rows = embed_cached(image_tower, pairs.images, cache, dist=dist)
+    eval_set = load_eval_set(args.eval, args.eval_gt, image_tower, cache, dist) if args.eval else None
     if args.stage == "cache":
         return None
     rows = image_rows[np.asarray(pairs.image_of, dtype=np.int64)]
@@ -83,7 +93,7 @@ def prepare(args: Any) -> Optional[Run]:
     tower = TextTower(encoder, vectors.shape[1], output_kind(m.score), cfg.init_scale)
     data = TrainData(pairs.texts, rows, train_idx, val_idx, vectors)
     return Run(cfg, out, Path(args.image_model), m, tok_path, runtime_tokenizer(tok_path), tower, data,
-               eval_set)
+               eval_set, dist=dist)
 
 
 def build_parser():
@@ -102,7 +112,8 @@ def build_parser():
     parser.add_argument("--tokenizer", type=Path, default=None, help="sentencepiece .model (required for tiny)")
     parser.add_argument("--steps", type=int, default=0, help="optimizer steps (default: --epochs epochs)")
     parser.add_argument("--epochs", type=int, default=3)
-    parser.add_argument("--batch-size", type=int, default=64)
+    parser.add_argument("--batch-size", type=int, default=64,
+                        help="pairs per step (the global batch: under torchrun shared by the processes)")
     parser.add_argument("--lr", type=float, default=1e-3, help="learning rate of the projection and temperature")
     parser.add_argument("--encoder-lr", type=float, default=1e-4, help="learning rate of unfrozen encoder layers")
     parser.add_argument("--weight-decay", type=float, default=0.01)
@@ -122,15 +133,31 @@ def build_parser():
 
 
 def main(argv: Optional[List[str]] = None) -> int:
-    """Run the stages; the report goes to OUT/report.json (and the log), stdout stays clean."""
+    """Run the stages; the report goes to OUT/report.json (and the log), stdout stays clean.
+
+    Under torchrun only rank 0 logs below WARNING, evaluates, exports and writes the report.
+    """
     args = parse_args(build_parser(), argv)
-    run = prepare(args)
-    if run is None:
-        return 0
+    dist = start(args.device)
+    if not dist.main:
+        logging.getLogger().setLevel(max(logging.getLogger().level, logging.WARNING))
+    try:
+        run = prepare(args, dist)
+        if run is not None:
+            _stages(args, run)
+    finally:
+        stop(dist)
+    return 0
+
+
+def _stages(args: Any, run: Run) -> None:
+    """Train, evaluate and export as ``--stage`` says (on rank 0 only, but training) and write the report."""
     summary: Dict[str, Any] = {}
     if args.stage in ("all", "train"):
         summary = train(run, resume=args.resume)
-    else:
+    if not run.dist.main:
+        return
+    if args.stage not in ("all", "train"):
         path = latest_checkpoint(run.out)
         if path is None:
             raise FileNotFoundError(f"{checkpoint_dir(run.out)}: no checkpoint; train first (--stage train)")
@@ -144,7 +171,6 @@ def main(argv: Optional[List[str]] = None) -> int:
               **{k: v for k, v in summary.items() if k != "losses"}}
     (run.out / "report.json").write_text(json.dumps(report, ensure_ascii=False, indent=2) + "\n", encoding="utf-8")
     logger.info("report %s", run.out / "report.json")
-    return 0
 
 
 if __name__ == "__main__":

@@ -12,6 +12,7 @@ import numpy as np
 
 from zeroshot.datasets import discover
 
+from .distributed import SINGLE, Dist
 from .image_cache import ImageTower, embed_cached
 from .pairs import Pairs, read_class_folders, read_metadata, read_pairs_jsonl
 from .tower_run import EvalSet
@@ -51,8 +52,10 @@ def split_pairs(pairs: Pairs, rows: np.ndarray, fraction: float, seed: int) -> T
     return good[~is_val], good[is_val]
 
 
-def load_eval_set(folder: Path, gt_path: Optional[Path], image_tower: ImageTower, cache: Path) -> EvalSet:
-    """The datasets of ``folder`` with labels from ``gt_path`` (default folder/gt.json), images cached."""
+def load_eval_set(folder: Path, gt_path: Optional[Path], image_tower: ImageTower, cache: Path,
+                  dist: Dist = SINGLE) -> EvalSet:
+    """The datasets of ``folder`` with labels from ``gt_path`` (default folder/gt.json), images cached
+    (each of ``dist``'s processes embeds its share)."""
     gt_path = gt_path or folder / "gt.json"
     if not gt_path.is_file():
         raise FileNotFoundError(f"{gt_path}: no ground truth for --eval {folder} (expected gt.json, "
@@ -68,7 +71,7 @@ def load_eval_set(folder: Path, gt_path: Optional[Path], image_tower: ImageTower
         if not keep:
             logger.warning("%s: no image of dataset '%s' is in %s; not evaluated", folder, ds.name, gt_path)
             continue
-        vectors, rows = embed_cached(image_tower, [ds.images[i] for i in keep], cache)
+        vectors, rows = embed_cached(image_tower, [ds.images[i] for i in keep], cache, dist=dist)
         dim = vectors.shape[1]
         out.names.append(ds.name)
         out.classes.append(ds.classes)

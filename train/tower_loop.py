@@ -1,5 +1,14 @@
 """The text tower's training loop (train.text_tower): batches with hard negatives, AdamW with warm-up and cosine
-decay, checkpoints and resume, Ctrl-C at a step boundary."""
+decay, checkpoints and resume, Ctrl-C at a step boundary.
+
+Under torchrun (train/distributed.py) every process draws the same global batch from the
+BatchPlan and runs the tower on its contiguous share of it, inside DistributedDataParallel;
+the tower outputs are all-gathered so each process computes the contrastive loss of the whole
+global batch (its in-batch negatives span every process), and the gradients equal one
+process's on that batch. Rank 0 alone evaluates and writes checkpoints (the others wait at a
+barrier). A checkpoint holds the global step, the global batch and the pairs seen, never a
+process's own state, so a run resumes on any number of processes.
+"""
 
 from __future__ import annotations
 
@@ -20,7 +29,7 @@ from zeroshot.progress import Progress
 
 from .tower_eval import evaluate
 from .tower_model import TextTower, info_nce, similarity, trainable
-from .tower_run import TRAJECTORY, Run, TrainConfig, TrainData, encode_texts, tokens
+from .tower_run import ENCODE_BATCH, TRAJECTORY, Run, TrainConfig, TrainData, encode_texts, tokens
 
 logger = logging.getLogger(__name__)
 
@@ -132,12 +141,16 @@ def latest_checkpoint(out: Path) -> Optional[Path]:
     return found[-1] if found else None
 
 
-def save_checkpoint(run: Run, step: int, opt: Any, sched: Any, scaler: Any) -> Path:
-    """Write OUT/checkpoints/step_<step>.pt (trainable weights, optimizer, schedule, RNG) atomically; keep the last two."""
+def save_checkpoint(run: Run, step: int, opt: Any, sched: Any, scaler: Any,
+                    position: Optional[Dict[str, int]] = None) -> Path:
+    """Write OUT/checkpoints/step_<step>.pt (trainable weights, optimizer, schedule, RNG) atomically; keep the last two.
+
+    ``position``: where the run is in global terms ({"global_batch", "samples_seen", "world_size"}).
+    """
     folder = checkpoint_dir(run.out)
     folder.mkdir(parents=True, exist_ok=True)
     names = set(trainable(run.tower))
-    state = {"step": step, "config": asdict(run.cfg), "history": run.history,
+    state = {"step": step, **(position or {}), "config": asdict(run.cfg), "history": run.history,
              "weights": {k: v.detach().cpu() for k, v in run.tower.state_dict().items() if k in names},
              "optimizer": opt.state_dict(), "scheduler": sched.state_dict(),
              "scaler": scaler.state_dict() if scaler is not None else None, "torch_rng": torch.get_rng_state()}
@@ -191,17 +204,61 @@ class _Interrupt:
             signal.signal(signal.SIGINT, self._previous)
 
 
+class _Texts(nn.Module):
+    """The tower's training forward as one module, so DistributedDataParallel can wrap it: a frozen encoder's
+    features float32 (B, E), or input_ids and attention_mask int64 (B, L) -> tower outputs (B, D)."""
+
+    def __init__(self, tower: TextTower) -> None:
+        super().__init__()
+        self.tower = tower
+
+    def forward(self, *inputs: torch.Tensor) -> torch.Tensor:
+        return self.tower.project(inputs[0]) if len(inputs) == 1 else self.tower(*inputs)
+
+
+def _texts_module(run: Run) -> nn.Module:
+    """_Texts over run.tower; with several processes inside DistributedDataParallel (gradients averaged)."""
+    module = _Texts(run.tower)
+    if not run.dist.active:
+        return module
+    from torch.nn.parallel import DistributedDataParallel
+
+    device_ids = [run.dist.local_rank] if run.dist.device == "cuda" else None
+    return DistributedDataParallel(module, device_ids=device_ids)
+
+
+def _text_features(run: Run, device: torch.device) -> torch.Tensor:
+    """A frozen encoder's features float32 (P, E) of every text.
+
+    Each process encodes its share of the ENCODE_BATCH-text chunks (the chunks one process
+    encodes, so the same numbers) and the shares are all-gathered.
+    """
+    texts, dist = run.data.texts, run.dist
+    chunks = np.cumsum([0] + dist.shares(math.ceil(len(texts) / ENCODE_BATCH)))
+    bounds = np.minimum(chunks * ENCODE_BATCH, len(texts))
+    mine = texts[bounds[dist.rank]:bounds[dist.rank + 1]]
+    local = (encode_texts(run.tower, run.tokenizer, mine, device, project=False) if mine else
+             torch.zeros((0, run.tower.head.in_features), device=device))
+    return dist.gather_rows(local, np.diff(bounds).tolist())
+
+
 def _step(run: Run, idx: np.ndarray, feats: Optional[torch.Tensor], device: torch.device, opt: Any, sched: Any,
-          scaler: Any) -> float:
-    """One optimizer step on the pairs ``idx``; returns the loss. With a GradScaler the tower runs in float16
-    autocast; the similarities and the loss are always float32 (log of small probabilities)."""
+          scaler: Any, texts: nn.Module) -> float:
+    """One optimizer step on the global batch ``idx``; returns its loss. With a GradScaler the tower runs in float16
+    autocast; the similarities and the loss are always float32 (log of small probabilities).
+
+    ``texts`` (:func:`_texts_module`) runs the tower on this process's share of ``idx``; the outputs of
+    every share are gathered (run.dist.gather_rows), so the loss is the global batch's on every process.
+    """
     images, column = _batch_tensors(run, idx, device)
+    local = idx[run.dist.share(len(idx))]
     with torch.autocast(device_type=device.type, dtype=torch.float16, enabled=scaler is not None):
         if feats is not None:
-            text = run.tower.project(feats[torch.from_numpy(idx).to(device)])
+            text = texts(feats[torch.from_numpy(local).to(device)])
         else:
-            text = run.tower(*tokens(run.tokenizer, [run.data.texts[i] for i in idx], device))
-    loss = info_nce(similarity(text.float(), images, run.manifest.score), column, run.tower.scale())
+            text = texts(*tokens(run.tokenizer, [run.data.texts[i] for i in local], device))
+    text = run.dist.gather_rows(text.float(), run.dist.shares(len(idx)))
+    loss = info_nce(similarity(text, images, run.manifest.score), column, run.tower.scale())
     opt.zero_grad(set_to_none=True)
     if scaler is not None:
         scaler.scale(loss).backward()
@@ -214,37 +271,54 @@ def _step(run: Run, idx: np.ndarray, feats: Optional[torch.Tensor], device: torc
     return loss.item()
 
 
+def _resume(run: Run, plan: BatchPlan, steps: int, opt: Any, sched: Any, scaler: Any) -> Tuple[int, int]:
+    """Load the latest checkpoint into the tower, optimizer, schedule, scaler and RNG; returns (step, pairs seen).
+
+    Every process reads the same checkpoint (any number of processes may have written it).
+    """
+    path = latest_checkpoint(run.out)
+    if path is None:
+        raise FileNotFoundError(f"{checkpoint_dir(run.out)}: no checkpoint to resume from")
+    state = load_checkpoint(run, path)
+    if state.get("global_batch", plan.batch) != plan.batch:
+        raise ValueError(f"{path}: made with a global batch of {state['global_batch']} pairs, this run's is "
+                         f"{plan.batch}; resume with the same --batch-size and input")
+    opt.load_state_dict(state["optimizer"])
+    sched.load_state_dict(state["scheduler"])
+    if scaler is not None and state["scaler"] is not None:
+        scaler.load_state_dict(state["scaler"])
+    torch.set_rng_state(state["torch_rng"])
+    start = int(state["step"])
+    logger.info("resumed from %s at step %d of %d (written by %d process(es), now %d)", path, start, steps,
+                state.get("world_size", 1), run.dist.world)
+    return start, int(state.get("samples_seen", 0))
+
+
 def train(run: Run, resume: bool = False) -> Dict[str, Any]:
     """Train the tower; returns {"steps", "pairs_per_s", "final_loss", "first_loss"}.
 
     ``resume``: continue from the latest checkpoint in OUT/checkpoints. Ctrl-C stops after the
-    current step with a checkpoint and raises KeyboardInterrupt.
+    current step with a checkpoint and raises KeyboardInterrupt. ``--batch-size`` is the global
+    batch: with several processes (run.dist) each takes its share of every batch.
     """
-    cfg, device = run.cfg, torch.device(run.cfg.device)
+    cfg, device, dist = run.cfg, torch.device(run.cfg.device), run.dist
     plan = BatchPlan(run.data, cfg.batch_size, cfg.hard_negatives, cfg.seed)
+    if plan.batch < dist.world:
+        raise ValueError(f"a batch of {plan.batch} pairs cannot be shared by {dist.world} processes: "
+                         "raise --batch-size or start fewer processes")
     steps = total_steps(cfg, plan)
     run.tower.to(device).train()
     opt, sched = make_optimizer(run.tower, cfg, steps)
     scaler = torch.amp.GradScaler("cuda") if device.type == "cuda" else None
-    start = 0
-    if resume:
-        path = latest_checkpoint(run.out)
-        if path is None:
-            raise FileNotFoundError(f"{checkpoint_dir(run.out)}: no checkpoint to resume from")
-        state = load_checkpoint(run, path)
-        opt.load_state_dict(state["optimizer"])
-        sched.load_state_dict(state["scheduler"])
-        if scaler is not None and state["scaler"] is not None:
-            scaler.load_state_dict(state["scaler"])
-        torch.set_rng_state(state["torch_rng"])
-        start = int(state["step"])
-        logger.info("resumed from %s at step %d of %d", path, start, steps)
+    start, seen = _resume(run, plan, steps, opt, sched, scaler) if resume else (0, 0)
+    texts = _texts_module(run)
     frozen_encoder = not any(p.requires_grad for p in run.tower.encoder.parameters())
     t0 = time.perf_counter()
-    feats = encode_texts(run.tower, run.tokenizer, run.data.texts, device, project=False) if frozen_encoder else None
+    feats = _text_features(run, device) if frozen_encoder else None
     feature_seconds = time.perf_counter() - t0
-    logger.info("training %d steps (%d per epoch, batch %d with %d hard negatives) on %s; %s", steps,
+    logger.info("training %d steps (%d per epoch, batch %d with %d hard negatives) on %s%s; %s", steps,
                 plan.steps_per_epoch, plan.batch, plan.n_hard, device,
+                f" x {dist.world} processes" if dist.active else "",
                 "encoder frozen: text features computed once" if frozen_encoder else
                 f"{sum(p.numel() for p in run.tower.encoder.parameters() if p.requires_grad)} encoder weights trained")
     progress, pair_rate = Progress("training", steps, unit="steps"), PairRate()
@@ -254,15 +328,19 @@ def train(run: Run, resume: bool = False) -> Dict[str, Any]:
         for step in range(start, steps):
             t0 = time.perf_counter()
             idx = plan(step)
-            losses.append(_step(run, idx, feats, device, opt, sched, scaler))
+            losses.append(_step(run, idx, feats, device, opt, sched, scaler, texts))
             pair_rate.add(len(idx), time.perf_counter() - t0)
-            done = step + 1
+            seen, done = seen + len(idx), step + 1
+            stop = dist.any(interrupted.flag)
             progress.update(done, force=done == steps, note=f"loss {losses[-1]:.4f}, {pair_rate.rate:.0f} pairs/s")
-            if (done % plan.steps_per_epoch == 0 or done == steps) and not interrupted.flag:
+            if (done % plan.steps_per_epoch == 0 or done == steps) and not stop and dist.main:
                 run.history.append({"step": done, "loss": losses[-1], **evaluate(run)})
-            if done % cfg.checkpoint_every == 0 or done == steps or interrupted.flag:
-                save_checkpoint(run, done, opt, sched, scaler)
-            if interrupted.flag:
+            if done % cfg.checkpoint_every == 0 or done == steps or stop:
+                if dist.main:
+                    save_checkpoint(run, done, opt, sched, scaler,
+                                    {"global_batch": plan.batch, "samples_seen": seen, "world_size": dist.world})
+                dist.barrier()
+            if stop:
                 raise KeyboardInterrupt(f"interrupted after step {done}; --resume continues from there")
     return {"steps": steps, "first_loss": losses[0] if losses else None, "final_loss": losses[-1] if losses else None,
             "pairs_per_s": pair_rate.rate, "text_features_s": feature_seconds, "losses": losses}

@@ -13,6 +13,7 @@ import torch
 from zeroshot.manifest import Manifest
 from zeroshot.text import Tokenizer
 
+from .distributed import SINGLE, Dist
 from .tower_model import TextTower
 
 ENCODE_BATCH = 256
@@ -78,6 +79,7 @@ class Run:
     data: TrainData
     eval_set: Optional[EvalSet] = None
     history: List[Dict[str, Any]] = field(default_factory=list)
+    dist: Dist = SINGLE            # this process among torchrun's (train/distributed.py)
 
 
 def tokens(tokenizer: Tokenizer, texts: Sequence[str], device: torch.device) -> Tuple[torch.Tensor, torch.Tensor]:
