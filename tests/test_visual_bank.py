@@ -24,7 +24,7 @@ E = np.eye(4, dtype=np.float32)  # name embeddings: orthogonal unit vectors
 
 
 def _cfg(**changes: object) -> VisualBankConfig:
-    values: Dict[str, object] = {"embedding_output": "text_embeds", "threshold": 0.5, "weight": 10.0, "offset": 0.0,
+    values: Dict[str, object] = {"embedding_output": "text_embeds", "threshold": 0.5, "scale": 10.0, "weight": 1.0,
                                  "margin": 0.0, "center": False}
     values.update(changes)
     return VisualBankConfig(**values)  # type: ignore[arg-type]
@@ -109,37 +109,55 @@ def test_counts_that_disagree_are_refused() -> None:
 
 @pytest.fixture()
 def logits_case() -> Dict[str, np.ndarray]:
-    """4 images (the third not decoded, its features garbage) x 3 classes; only class 1 matched."""
+    """4 images (the third not decoded, its features garbage) x 3 classes; classes 0 and 1 matched."""
     rng = np.random.default_rng(0)
     protos = np.zeros((3, 2), np.float32)
+    protos[0] = [1.0, 0.0]
     protos[1] = _unit(np.array([0.6, 0.8], np.float32))
     return {"logits": rng.normal(size=(4, 3)).astype(np.float32),
             "features": np.array([[2.0, 0.0], [1.0, 1.0], [1000.0, -1000.0], [0.0, 3.0]], np.float32),
             "valid": np.array([True, True, False, True]),
-            "match": ClassMatch(protos, np.array([False, True, False]), [[], [0], []])}
+            "match": ClassMatch(protos, np.array([True, True, False]), [[0], [1], []])}
 
 
-def test_bank_logits_add_to_the_matched_columns_of_the_valid_rows(logits_case: Dict[str, np.ndarray]) -> None:
-    c = logits_case
-    out = bank_logits(c["logits"], c["features"], c["valid"], c["match"], _cfg(weight=2.0, offset=0.25))
+def _expected(c: Dict[str, np.ndarray], rows: np.ndarray, protos: np.ndarray, scale: float,
+              weight: float) -> np.ndarray:
+    """The documented formula: weight * log(m * softmax(scale * cos)) on the matched columns 0 and 1."""
     expected = c["logits"].copy()
     for row in (0, 1, 3):
-        expected[row, 1] += 2.0 * (float(_unit(c["features"][row]) @ c["match"].prototypes[1]) - 0.25)
-    np.testing.assert_allclose(out, expected, rtol=1e-6)
-    assert out[0, 1] - c["logits"][0, 1] == pytest.approx(2.0 * (0.6 - 0.25))
+        z = scale * np.array([float(_unit(rows[row]) @ _unit(p)) for p in protos])
+        p = np.exp(z - z.max()) / np.exp(z - z.max()).sum()
+        expected[row, :2] += weight * np.log(2 * p)
+    return expected
+
+
+def test_bank_logits_add_the_matched_classes_log_share_to_the_valid_rows(logits_case: Dict[str, np.ndarray]) -> None:
+    c = logits_case
+    out = bank_logits(c["logits"], c["features"], c["valid"], c["match"], _cfg(scale=3.0, weight=2.0))
+    np.testing.assert_allclose(out, _expected(c, c["features"], c["match"].prototypes[:2], 3.0, 2.0),
+                               rtol=1e-5, atol=1e-6)
+    np.testing.assert_array_equal(out[2], c["logits"][2])  # not decoded
+    np.testing.assert_array_equal(out[:, 2], c["logits"][:, 2])  # not matched
+    # the matched classes as a group keep their share: their m * p sum to m
+    gain = (out - c["logits"])[c["valid"]][:, :2] / 2.0
+    np.testing.assert_allclose(np.exp(gain).sum(axis=1), 2.0, rtol=1e-5)
+
+
+def test_one_matched_class_alone_gets_no_push(logits_case: Dict[str, np.ndarray]) -> None:
+    c = logits_case
+    alone = ClassMatch(c["match"].prototypes, np.array([False, True, False]), [[], [1], []])
+    out = bank_logits(c["logits"], c["features"], c["valid"], alone, _cfg(scale=3.0, weight=2.0))
+    np.testing.assert_allclose(out, c["logits"], atol=1e-6)
 
 
 def test_centring_uses_the_valid_rows_mean_on_both_sides(logits_case: Dict[str, np.ndarray]) -> None:
     c = logits_case
-    out = bank_logits(c["logits"], c["features"], c["valid"], c["match"], _cfg(weight=2.0, center=True))
+    out = bank_logits(c["logits"], c["features"], c["valid"], c["match"], _cfg(scale=3.0, center=True))
     unit_rows = np.stack([_unit(f) for f in c["features"]])  # features are normalised like the prototypes
     mean = unit_rows[c["valid"]].mean(axis=0)  # the undecoded row's garbage is not in it
-    proto = c["match"].prototypes[1] - mean
-    expected = c["logits"].copy()
-    for row in (0, 1, 3):
-        expected[row, 1] += 2.0 * float(_unit(unit_rows[row] - mean) @ _unit(proto))
+    expected = _expected(c, unit_rows - mean, c["match"].prototypes[:2] - mean, 3.0, 1.0)
     np.testing.assert_allclose(out, expected, rtol=1e-5, atol=1e-6)
-    uncentred = bank_logits(c["logits"], c["features"], c["valid"], c["match"], _cfg(weight=2.0))
+    uncentred = bank_logits(c["logits"], c["features"], c["valid"], c["match"], _cfg(scale=3.0))
     assert not np.allclose(out, uncentred)
 
 
@@ -161,7 +179,8 @@ def _with_bank_section(data: dict, files: tuple = ("visual_concepts", "visual_na
                        section: bool = True, **changes: object) -> dict:
     out = copy.deepcopy(data)
     if section:
-        out["visual_bank"] = dict({"embedding_output": "text_embeds", "threshold": 0.7, "weight": 10.0}, **changes)
+        out["visual_bank"] = dict({"embedding_output": "text_embeds", "threshold": 0.7, "scale": 10.0, "weight": 1.0},
+                                  **changes)
     for role in files:
         out["files"][role] = {"path": f"{role}.bin", "sha256": "0" * 64}
     return out
@@ -183,6 +202,7 @@ def test_the_manifest_section_and_its_files_go_together(tiny_model: Path) -> Non
     ({"threshold": 1.5}, r"visual_bank\.threshold must be in \[-1, 1\]"),
     ({"threshold": -1.01}, r"visual_bank\.threshold must be in \[-1, 1\]"),
     ({"weight": -1.0}, r"visual_bank\.weight must be >= 0"),
+    ({"scale": 0.0}, r"visual_bank\.scale must be > 0"),
     ({"margin": -0.1}, r"visual_bank\.margin must be >= 0"),
 ])
 def test_bad_section_values_are_named(tiny_model: Path, changes: Dict[str, object], message: str) -> None:
@@ -201,15 +221,15 @@ def test_the_threshold_bounds_are_allowed(tiny_model: Path) -> None:
 # ------------------------------------------------------------------------------- a model with a bank
 
 CAT, TRACTOR = "кошка", "трактор"
-SECTION = {"embedding_output": "text_embeds", "threshold": 0.5, "weight": 50.0, "offset": 0.0, "margin": 0.0,
+SECTION = {"embedding_output": "text_embeds", "threshold": 0.5, "scale": 50.0, "weight": 5.0, "margin": 0.0,
            "center": False}
 
 
 @pytest.fixture(scope="module")
 def scene(tmp_path_factory: pytest.TempPathFactory) -> Dict[str, object]:
     """A tiny model without balancing or transductive steps (its own zero-shot scores decide), a dataset
-    (tractors, then cats: alternating colours) and a written bank whose concept "кошка" has the cat images'
-    mean feature as its prototype."""
+    (tractors, then cats: alternating colours) and a written bank whose concepts "кошка" and "трактор" have
+    the cat and the tractor images' mean features as their prototypes (and "самолёт" a random one)."""
     from train.tiny_model import build_tiny_model
     from train.visual_bank import write_bank
     from zeroshot.embed import embed_images
@@ -225,12 +245,15 @@ def scene(tmp_path_factory: pytest.TempPathFactory) -> Dict[str, object]:
     assert emb.valid.all()
     cats = np.array([truth[p.name[:-len(".jpg")]] == 1 for p in paths])
     prototype = _unit(emb.features[cats]).mean(axis=0)
+    tractor = _unit(emb.features[~cats]).mean(axis=0)
     records = [{"ru": CAT, "synonyms": ["котик"], "source": "cats", "repo": "someone/cats", "commit": "0" * 40,
+                "images": 8},
+               {"ru": TRACTOR, "synonyms": [], "source": "farm", "repo": "someone/farm", "commit": "2" * 40,
                 "images": 8},
                {"ru": "самолёт", "synonyms": [], "source": "planes", "repo": "someone/planes", "commit": "1" * 40,
                 "images": 8}]
     other = np.random.default_rng(1).normal(size=prototype.shape)
-    write_bank(root / "bank", records, np.stack([prototype, other]), {}, [], None)
+    write_bank(root / "bank", records, np.stack([prototype, tractor, other]), {}, [], None)
     return {"root": root, "plain": plain, "data": data, "truth": truth, "bank": root / "bank"}
 
 
@@ -241,7 +264,7 @@ def _with_bank(scene: Dict[str, object], model: Path, name: str, **changes: obje
     out = Path(scene["root"]) / name
     shutil.copytree(model, out)
     added = add_to_model(out, Path(scene["bank"]), dict(SECTION, **changes))
-    assert added["concepts"] == 2 and added["names"] == 3
+    assert added["concepts"] == 3 and added["names"] == 4
     return out
 
 
@@ -257,7 +280,7 @@ def test_the_bank_moves_the_images_like_its_prototype_to_the_matched_class(scene
     base = _predict(scene, Path(scene["plain"]))
     assert sum(base[k] == 1 for k in cats) < len(cats), "the random model alone must miss some cats"
     banked_model = _with_bank(scene, Path(scene["plain"]), "banked")
-    assert load_bank(banked_model, Manifest.load(banked_model), None).prototypes.shape == (2, 16)
+    assert load_bank(banked_model, Manifest.load(banked_model), None).prototypes.shape == (3, 16)
     banked = _predict(scene, banked_model)
     assert all(banked[k] == 1 for k in cats)
     assert sum(banked[k] == v for k, v in truth.items()) > sum(base[k] == v for k, v in truth.items())

@@ -72,7 +72,7 @@ LADDER = ["int8", "fp32", "ensemble-260"]
 # The visual concept bank (train/visual_bank.py, zeroshot/visual_bank.py): committed under train/vocab/visual_bank,
 # encoded with the ensemble-260 rung; the Lite2 rungs (the defaults, int8, fp32) use its Lite2 part (the features
 # are each member's unit features concatenated, Lite0, Lite1, Lite2).
-VISUAL_BANK = {"threshold": 0.9, "weight": 10.0, "offset": 0.0, "margin": 0.02, "center": True}
+VISUAL_BANK = {"threshold": 0.95, "scale": 30.0, "weight": 1.0, "margin": 0.02, "center": True}
 LITE2_FEATURES = (2560, 3840)
 CHECK_TEXTS = ["кошка", "собаки", "немецкая овчарка", "Гаечный ключ.", "самолёт", "инь и янь", "галактика",
                "носки", "радуга", "electric guitar", "фото подсолнуха", "небоскрёб"]

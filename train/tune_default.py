@@ -40,11 +40,12 @@ from zeroshot.images import load_image, preprocess
 from zeroshot.limits import DEV_GT, DEVSETS_DIR
 from zeroshot.manifest import BalanceConfig, ScoreConfig, TransductiveConfig, VisualBankConfig, read_section
 from zeroshot.scoring import class_logits, predict
-from zeroshot.visual_bank import ClassMatch, bank_logits
+from zeroshot.visual_bank import Bank, ClassMatch, bank_logits
 from zeroshot.text import normalize_name
 
 from .concepts import GROUP_FILES, concept_similarities, load_bank, mix
 from .text_encoder import embed_texts
+from .visual_bank import BANK_DIR, PROTOTYPES_FILE, read_bank
 from .yardsticks import YARDSTICKS, downscale, holdout_filter, imbalanced_subset
 
 logger = logging.getLogger(__name__)
@@ -163,9 +164,39 @@ def _setting(**changes: Any) -> Dict[str, Any]:
     base = {"templates": d.TEMPLATES, "english": d.ENGLISH_ENTRIES, "inflect": True, "group_files": GROUP_FILES,
             "scale": d.CONCEPT_SCALE, "top_k": d.CONCEPT_TOP_K, "balance": d.BALANCE,
             "transductive": d.TRANSDUCTIVE, "members": rung_members(d.MEASURED_RUNG), "features": "penultimate",
-            "head_alpha": 0.0}
+            "head_alpha": 0.0, "visual_bank": d.VISUAL_BANK if (BANK_DIR / PROTOTYPES_FILE).is_file() else None}
     base.update(changes)
     return base
+
+
+class VisualSide:
+    """The committed visual concept bank (train/vocab/visual_bank), class names matched to it as the runtime
+    matches them (USE-m name embeddings, zeroshot.visual_bank.Bank), the prototypes cut to the features' size."""
+
+    def __init__(self, normalize: Callable[[str], str], held_out: Sequence[str]) -> None:
+        from .build_default import LITE2_FEATURES, NORMALIZE
+
+        self.normalize_steps = NORMALIZE
+        records, self.prototypes = read_bank(BANK_DIR)
+        self.names = [[r["ru"], *r["synonyms"]] for r in records]
+        self.sources = [r["repo"] for r in records]
+        self.norm, self.held_out, self.lite2 = normalize, list(held_out), slice(*LITE2_FEATURES)
+        self.embeddings = embed_texts([normalize(n) for ns in self.names for n in ns])
+        self.queries: Dict[Tuple[str, ...], np.ndarray] = {}
+
+    def match(self, s: Dict[str, Any], classes: Sequence[str], dim: int, holdout: bool) -> Optional[ClassMatch]:
+        """The classes' prototypes for setting ``s`` (None without its ``visual_bank``); with ``holdout`` every
+        concept named like a dev class is removed, as the text side's held-out yardstick removes its names."""
+        if not s.get("visual_bank"):
+            return None
+        cfg = read_section(VisualBankConfig, {"embedding_output": "name_embedding", **s["visual_bank"]},
+                           "visual_bank")
+        protos = self.prototypes if dim == self.prototypes.shape[1] else self.prototypes[:, self.lite2]
+        bank = Bank(self.names, self.sources, self.embeddings, protos, cfg, self.normalize_steps)
+        key = tuple(classes)
+        if key not in self.queries:
+            self.queries[key] = embed_texts([self.norm(c) for c in classes])
+        return bank.match(classes, self.queries[key], drop=bank.named(self.held_out) if holdout else ())
 
 
 class TextSide:
@@ -260,16 +291,18 @@ def score_dataset(s: Dict[str, Any], w: np.ndarray, probs: np.ndarray, feats: np
 
 
 def resampled(s: Dict[str, Any], w: np.ndarray, probs: np.ndarray, feats: np.ndarray, truth: np.ndarray,
-              class_mask: np.ndarray, seeds: int) -> float:
+              class_mask: np.ndarray, seeds: int, match: Optional[ClassMatch] = None) -> float:
     """Mean accuracy x 100 over the imbalanced subsets of seeds 0..seeds-1 (one subset is a noisy yardstick:
     a cluster taken by the wrong class moves it by 30 images)."""
-    return float(np.mean([score_dataset(s, w, probs[keep], feats[keep], truth[keep], class_mask)
+    return float(np.mean([score_dataset(s, w, probs[keep], feats[keep], truth[keep], class_mask, match=match)
                           for keep in (imbalanced_subset(truth, seed=seed) for seed in range(seeds))]))
 
 
 def evaluate(s: Dict[str, Any], datasets: List[Dataset], gt: Dict[str, Dict[str, int]], cache: ImageCache,
-             text: TextSide, sets: Sequence[str] = YARDSTICKS, seeds: int = 0) -> Dict[str, float]:
-    """The yardsticks ``sets`` of setting ``s``: {yardstick: mean accuracy x 100 over datasets}.
+             text: TextSide, sets: Sequence[str] = YARDSTICKS, seeds: int = 0,
+             visual: Optional[VisualSide] = None) -> Dict[str, float]:
+    """The yardsticks ``sets`` of setting ``s``: {yardstick: mean accuracy x 100 over datasets}; with
+    ``visual`` and the setting's ``visual_bank`` the concept bank adds to the scores as in predict.py.
 
     With ``seeds`` > 0 also ``<yardstick> x<seeds>`` for dev, holdout and
     px32: the mean over that many imbalanced resamples of each (:func:`resampled`).
@@ -282,19 +315,24 @@ def evaluate(s: Dict[str, Any], datasets: List[Dataset], gt: Dict[str, Dict[str,
         w_full = text.weights(s, ds.classes, holdout=False)
         probs, feats = ensemble(cache, ds, "dev", s["members"], s["features"])
         # (class weights, probabilities, features) of each image set, each formed once
+        match = visual.match(s, ds.classes, feats.shape[1], False) if visual is not None else None
         sources = {"dev": (w_full, probs, feats)}
+        matches = {"dev": match, "px32": match}
         if "holdout" in wanted:
             sources["holdout"] = (text.weights(s, ds.classes, holdout=True), probs, feats)
+            matches["holdout"] = visual.match(s, ds.classes, feats.shape[1], True) if visual is not None else None
         if "px32" in wanted:
             sources["px32"] = (w_full, *ensemble(cache, ds, "px32", s["members"], s["features"]))
         for name in ("dev", "holdout", "px32"):
             if name in sets:
-                scores[name].append(score_dataset(s, *sources[name], truth, mask))
+                scores[name].append(score_dataset(s, *sources[name], truth, mask, match=matches[name]))
             if seeds:
-                scores.setdefault(f"{name} x{seeds}", []).append(resampled(s, *sources[name], truth, mask, seeds))
+                scores.setdefault(f"{name} x{seeds}", []).append(
+                    resampled(s, *sources[name], truth, mask, seeds, matches[name]))
         if "imbalanced" in sets:
             keep = imbalanced_subset(truth)
-            scores["imbalanced"].append(score_dataset(s, w_full, probs[keep], feats[keep], truth[keep], mask))
+            scores["imbalanced"].append(score_dataset(s, w_full, probs[keep], feats[keep], truth[keep], mask,
+                                                      match=match))
     return {k: float(np.mean(v)) for k, v in scores.items()}
 
 
@@ -315,6 +353,7 @@ def ablations() -> List[Tuple[str, Dict[str, Any]]]:
     rows += [(f"rung {r['name']}, no label propagation", {"members": rung_members(r["name"]),
                                                           "transductive": {**trans, "propagate": None}})
              for r in d.RUNGS if "backbones" in r]
+    rows += [("no visual concept bank", {"visual_bank": None})]
     rows += [("text: learned vocabulary head", {"head_alpha": 1.0})]
     rows += [(f"text: bank + head alpha {a}", {"head_alpha": a}) for a in (0.25, 0.5)]
     return rows + [
@@ -371,12 +410,13 @@ def main(argv: Optional[List[str]] = None) -> int:
     norm = lambda t: normalize_name(t, NORMALIZE)  # noqa: E731
     cache = ImageCache(args.cache)
     text = TextSide(args.cache, norm, [c for ds in datasets for c in ds.classes])
+    visual = VisualSide(norm, text.held_out) if (BANK_DIR / PROTOTYPES_FILE).is_file() else None
     wanted = set(args.only.split(",")) if args.only else None
     rows = []
     for label, changes in ablations():
         if wanted is None or label in wanted:
             rows.append((label, evaluate(_setting(**changes), datasets, gt, cache, text, args.sets.split(","),
-                                         args.seeds)))
+                                         args.seeds, visual)))
             logger.info("%s: %s", label, rows[-1][1])
     print_table(rows)
     if args.json:

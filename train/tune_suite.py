@@ -169,15 +169,16 @@ def knob_values(manifest: Dict[str, Any], base: Dict[str, Any]) -> Dict[str, Lis
     }
 
 
-BANK_WEIGHTS = (5.0, 10.0, 20.0, 30.0)
-BANK_THRESHOLDS = (0.8, 0.85, 0.9, 0.95)
+BANK_SCALES = (10.0, 30.0)
+BANK_WEIGHTS = (0.5, 1.0, 2.0)
+BANK_THRESHOLDS = (0.85, 0.95)
 
 
-def _pair(weight: float, threshold: float) -> Change:
-    """Set the bank's weight and match threshold together (they interact: a looser match wants a lighter hand)."""
+def _bank(**values: float) -> Change:
+    """Set several of the bank's values together (they interact: a looser match wants a lighter hand)."""
     def change(c: Dict[str, Any]) -> None:
-        _set("visual_bank", "weight", value=weight)(c)
-        _set("visual_bank", "threshold", value=threshold)(c)
+        for key, value in values.items():
+            _set("visual_bank", key, value=value)(c)
     return change
 
 
@@ -186,11 +187,11 @@ def bank_knobs(base: Dict[str, Any]) -> Dict[str, List[Tuple[str, Change]]]:
     bank = base.get("visual_bank")
     if not bank:
         return {}
-    pairs = [(w, t) for w in BANK_WEIGHTS for t in BANK_THRESHOLDS]
+    grid = [(s, w, t) for s in BANK_SCALES for w in BANK_WEIGHTS for t in BANK_THRESHOLDS]
     return {
         "bank": [("on", _set("visual_bank", value=dict(bank))), ("off", _set("visual_bank", value=None))],
-        "bank weight x threshold": [(f"{w} x {t}", _pair(w, t)) for w, t in pairs],
-        "bank offset": [(str(v), _set("visual_bank", "offset", value=v)) for v in (0.0, 0.1, 0.2)],
+        "bank scale x weight x threshold": [(f"{s} x {w} x {t}", _bank(scale=s, weight=w, threshold=t))
+                                            for s, w, t in grid],
         "bank margin": [(str(v), _set("visual_bank", "margin", value=v)) for v in (0.0, 0.02, 0.05)],
         "bank centre": [("on", _set("visual_bank", "center", value=True)),
                         ("off", _set("visual_bank", "center", value=False))],

@@ -65,7 +65,7 @@ PROTOTYPES_FILE = "prototypes.npy"
 DEFAULT_CACHE = Path("/tmp/bank_cache")
 ENCODE_RUNG = "ensemble-260"
 # The visual_bank section a bank gets when installed by hand (`install`); the default model's is in build_default.
-DEFAULT_SECTION = {"threshold": 0.9, "weight": 10.0, "offset": 0.0, "margin": 0.02, "center": True}
+DEFAULT_SECTION = {"threshold": 0.95, "scale": 30.0, "weight": 1.0, "margin": 0.02, "center": True}
 PER_CLASS = 16          # images per concept: a stable mean at a bounded encoding cost
 MIN_IMAGES = 8          # fewer left after decoding and de-duplication: the concept is dropped
 DUPLICATE_BITS = 6      # 64-bit difference hashes this close count as the same picture

@@ -190,15 +190,15 @@ class VisualBankConfig:
 
     A class whose name's embedding (the text encoder's ``embedding_output``) has cosine at least
     ``threshold`` with a concept's name or synonym (an equal normalised name counts as 1) gets the mean
-    prototype of the concepts within ``margin`` of its best match; its logit gains
-    ``weight * (cosine(image features, prototype) - offset)``, both sides centred on the dataset's mean
-    image feature first if ``center``.
+    prototype of the concepts within ``margin`` of its best match. Each image's cosines to the matched
+    classes' prototypes (both sides centred on the dataset's mean image feature first if ``center``), times
+    ``scale``, give a softmax p over the m matched classes; their logits gain ``weight * log(m p)``.
     """
 
     embedding_output: str
     threshold: float = _spec(check=(lambda v: -1.0 <= v <= 1.0, "must be in [-1, 1]"))
+    scale: float = _spec(check=_POSITIVE)
     weight: float = _spec(check=(lambda v: v >= 0, "must be >= 0"))
-    offset: float = 0.0
     margin: float = _spec(0.02, check=(lambda v: v >= 0, "must be >= 0"))
     center: bool = True
 

@@ -7,8 +7,8 @@ the text encoder's ``embedding_output`` of every concept name and synonym, in co
 variant may have its own). Built by train/visual_bank.py and train/build_default.py.
 
 Per dataset, :meth:`Bank.match` gives each class the mean prototype of the concepts its name matches (or
-none), and :func:`bank_logits` adds the images' cosine to it to that class's logits; the transductive
-steps then refine as before. A class with no confident match keeps its zero-shot logits.
+none), and :func:`bank_logits` turns the images' cosines to the matched prototypes into evidence among the
+matched classes, added to their logits; the transductive steps then refine as before. A class with no confident match keeps its zero-shot logits.
 """
 
 from __future__ import annotations
@@ -113,9 +113,16 @@ class Bank:
 
 def bank_logits(logits: np.ndarray, features: Optional[np.ndarray], valid: np.ndarray, match: Optional[ClassMatch],
                 cfg: VisualBankConfig) -> np.ndarray:
-    """float32 (N, C): ``logits`` plus ``weight * (cos(f, prototype) - offset)`` on the matched classes' columns
-    of the valid rows; unchanged without features or a match. The features are L2-normalised first, like the
-    prototypes, so that centring moves both by the same mean."""
+    """float32 (N, C): ``logits`` plus the bank's evidence on the matched classes' columns of the valid rows.
+
+    For each image, the matched classes' prototypes give a distribution over those classes,
+    softmax(``scale`` * cosine(image features, prototype)); it enters the logits as ``weight`` *
+    log(m * p), m the number of matched classes. An image that looks alike to every matched prototype adds
+    nothing (m p = 1); the bank only moves an image among the classes it knows, and never moves the matched
+    classes as a group against the others (their total share is unchanged up to the weight). Features are
+    L2-normalised like the prototypes and, with ``center``, both are centred on the images' mean. Unchanged
+    without features or a match.
+    """
     if match is None or features is None or not match.any or not valid.any():
         return logits
     f = _unit(features[valid].astype(np.float32))
@@ -123,9 +130,11 @@ def bank_logits(logits: np.ndarray, features: Optional[np.ndarray], valid: np.nd
     if cfg.center:
         mean = f.mean(axis=0, keepdims=True)
         f, protos = f - mean, protos - mean
-    cos = _unit(f) @ _unit(protos).T
+    z = cfg.scale * (_unit(f) @ _unit(protos).T)
+    z -= z.max(axis=1, keepdims=True)
+    log_p = z - np.log(np.exp(z).sum(axis=1, keepdims=True))
     out = logits.astype(np.float32, copy=True)
-    out[np.ix_(valid, match.matched)] += cfg.weight * (cos - cfg.offset)
+    out[np.ix_(valid, match.matched)] += cfg.weight * (log_p + np.log(len(protos)))
     return out
 
 
