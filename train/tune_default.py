@@ -44,7 +44,7 @@ from zeroshot.visual_bank import Bank, ClassMatch, bank_logits
 from zeroshot.text import normalize_name
 
 from .concepts import GROUP_FILES, concept_similarities, load_bank, mix
-from .text_encoder import embed_texts
+from .text_encoder import EMBEDDING_NAME, embed_texts
 from .visual_bank import BANK_DIR, PROTOTYPES_FILE, read_bank
 from .yardsticks import YARDSTICKS, downscale, holdout_filter, imbalanced_subset
 
@@ -164,7 +164,8 @@ def _setting(**changes: Any) -> Dict[str, Any]:
     base = {"templates": d.TEMPLATES, "english": d.ENGLISH_ENTRIES, "inflect": True, "group_files": GROUP_FILES,
             "scale": d.CONCEPT_SCALE, "top_k": d.CONCEPT_TOP_K, "balance": d.BALANCE,
             "transductive": d.TRANSDUCTIVE, "members": rung_members(d.MEASURED_RUNG), "features": "penultimate",
-            "head_alpha": 0.0, "visual_bank": d.VISUAL_BANK if (BANK_DIR / PROTOTYPES_FILE).is_file() else None}
+            "head_alpha": 0.0, "visual_bank": {"embedding_output": EMBEDDING_NAME, **d.VISUAL_BANK}
+            if (BANK_DIR / PROTOTYPES_FILE).is_file() else None}
     base.update(changes)
     return base
 
@@ -189,8 +190,7 @@ class VisualSide:
         concept named like a dev class is removed, as the text side's held-out yardstick removes its names."""
         if not s.get("visual_bank"):
             return None
-        cfg = read_section(VisualBankConfig, {"embedding_output": "name_embedding", **s["visual_bank"]},
-                           "visual_bank")
+        cfg = read_section(VisualBankConfig, s["visual_bank"], "visual_bank")
         protos = self.prototypes if dim == self.prototypes.shape[1] else self.prototypes[:, self.lite2]
         bank = Bank(self.names, self.sources, self.embeddings, protos, cfg, self.normalize_steps)
         key = tuple(classes)
