@@ -349,3 +349,37 @@ def test_counts_that_disagree_with_the_concept_list_name_the_file(bank_folder: P
     np.save(path, np.concatenate([stored, stored[:1]]))
     with pytest.raises(ValueError, match=str(path)):
         load_bank(bank_folder, manifest, None, verify=False)
+
+
+# ------------------------------------------------------------------- your own folders, any model folder
+
+
+def test_own_folders_become_concepts_and_install_into_a_model(scene: Dict[str, object]) -> None:
+    """add-folders: one concept per folder, named by the folder, encoded by the given model; install: the bank
+    into a model folder through the command line, after which predict uses it (it moves the cats)."""
+    from train.visual_bank import main, read_bank
+
+    root = Path(scene["root"]) / "own"
+    truth: Dict[str, int] = scene["truth"]  # type: ignore[assignment]
+    images = Path(scene["data"]) / "zoo" / "img"
+    for name, label in ((CAT, 1), (TRACTOR, 0), ("пусто", None)):
+        (root / "folders" / name).mkdir(parents=True)
+        for path in sorted(images.iterdir()):
+            if truth[path.name[:-len(".jpg")]] == label:
+                shutil.copy(path, root / "folders" / name / path.name)
+    bank = root / "bank"
+    assert main(["add-folders", str(root / "folders"), "--source", "mine", "--model", str(scene["plain"]),
+                 "--rung", "", "--out", str(bank)]) == 0
+    records, protos = read_bank(bank)
+    assert sorted(r["ru"] for r in records) == sorted([CAT, TRACTOR])  # the empty folder is no concept
+    assert {r["source"] for r in records} == {"mine"} and protos.shape == (2, 16)
+    assert main(["add-folders", str(root / "folders"), "--source", "mine", "--model", str(scene["plain"]),
+                 "--rung", "", "--out", str(bank)]) == 0
+    assert len(read_bank(bank)[0]) == 2  # a re-run replaces the source's concepts
+    model = root / "model"
+    shutil.copytree(Path(scene["plain"]), model)
+    assert main(["install", "--model", str(model), "--bank", str(bank), "--embedding-output", "text_embeds",
+                 "--threshold", "0.5", "--scale", "50", "--weight", "5", "--center", "no"]) == 0
+    assert Manifest.load(model).visual_bank == _cfg(threshold=0.5, scale=50.0, weight=5.0, margin=0.02)
+    cats = [k for k, v in truth.items() if v == 1]
+    assert all(_predict(scene, model)[k] == 1 for k in cats)
