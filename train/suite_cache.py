@@ -26,7 +26,7 @@ import logging
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Dict, List, Optional, Sequence
+from typing import Any, Callable, Dict, List, Optional, Sequence
 
 import numpy as np
 
@@ -127,17 +127,17 @@ class SuiteCache:
         self.memory[key] = ImageOutputs(data["probs"], data["features"], data["valid"])
         return self.memory[key]
 
-    def template(self, ds: Dataset, template: str) -> np.ndarray:
-        """float32 (C, D): ``template``'s prompt of every class of ``ds`` through the text encoder."""
-        key = ("txt", ds.name, template)
+    def _text(self, kind: str, ds: Dataset, parts: Sequence[Any], encode: Callable[[Model], np.ndarray]) -> np.ndarray:
+        """``encode(model)`` of the text encoder (no variant), kept under ``<kind>/<encoder sha>/`` by ``parts``."""
+        key = (kind, ds.name, *parts)
         if key in self.memory:
             return self.memory[key]
         model = self.model(None)
         sha = model.manifest.files["text_encoder"].sha256[:16]
-        text = json.dumps([template, model.text_cfg.normalize, ds.classes], ensure_ascii=False)
-        path = self.folder / "text" / sha / f"{ds.name}-{digest([text])}.npy"
+        text = json.dumps([*parts, model.text_cfg.normalize, ds.classes], ensure_ascii=False)
+        path = self.folder / kind / sha / f"{ds.name}-{digest([text])}.npy"
         if not path.is_file():
-            vecs = model.template_vectors(ds.classes, [template])[0]
+            vecs = encode(model)
             path.parent.mkdir(parents=True, exist_ok=True)
             tmp = path.with_name(path.name + ".tmp.npy")
             np.save(tmp, vecs)
@@ -145,23 +145,13 @@ class SuiteCache:
         self.memory[key] = np.load(path)
         return self.memory[key]
 
+    def template(self, ds: Dataset, template: str) -> np.ndarray:
+        """float32 (C, D): ``template``'s prompt of every class of ``ds`` through the text encoder."""
+        return self._text("text", ds, [template], lambda m: m.template_vectors(ds.classes, [template])[0])
+
     def names(self, ds: Dataset) -> np.ndarray:
         """float32 (C, T): every class name's concept-bank embedding (``Model.name_vectors``)."""
-        key = ("names", ds.name)
-        if key in self.memory:
-            return self.memory[key]
-        model = self.model(None)
-        sha = model.manifest.files["text_encoder"].sha256[:16]
-        text = json.dumps([model.text_cfg.normalize, ds.classes], ensure_ascii=False)
-        path = self.folder / "names" / sha / f"{ds.name}-{digest([text])}.npy"
-        if not path.is_file():
-            vecs = model.name_vectors(ds.classes)
-            path.parent.mkdir(parents=True, exist_ok=True)
-            tmp = path.with_name(path.name + ".tmp.npy")
-            np.save(tmp, vecs)
-            tmp.replace(path)
-        self.memory[key] = np.load(path)
-        return self.memory[key]
+        return self._text("names", ds, [], lambda m: m.name_vectors(ds.classes))
 
     def templates(self, ds: Dataset, templates: Sequence[str]) -> np.ndarray:
         """float32 (T, C, D): :meth:`template` of each of ``templates``."""
