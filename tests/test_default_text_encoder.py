@@ -88,7 +88,7 @@ def test_torch_module_matches_the_numpy_reference(small_encoder) -> None:
     texts = ["линь", "золотая рыбка", "акула", "петух", "воробей"]
     feeds = {k: torch.from_numpy(v) for k, v in token_feeds(tokenizer(sp_model_path()), texts).items()}
     with torch.no_grad():
-        got = module(feeds["input_ids"], feeds["attention_mask"]).numpy()
+        got = module(feeds["input_ids"], feeds["attention_mask"])[0].numpy()  # (class weights, name embedding)
     want = mix(concept_similarities(embed_texts(texts), entries, small.entry_index()), small.distributions, 20.0, (5,))
     assert np.abs(got - want).max() < 1e-4
     assert got[0].argmax() == 0 and got[1].argmax() == 1  # линь -> tench, золотая рыбка -> goldfish

@@ -51,7 +51,7 @@ def test_an_equal_normalised_name_scores_one_even_when_the_embeddings_disagree()
     np.testing.assert_allclose(scores, [[1.0, 0.0], [0.0, 0.0]], atol=1e-6)
     match = bank.match(classes, vecs)
     assert match.matched.tolist() == [True, False] and match.concepts == [[0], []]
-    np.testing.assert_allclose(match.prototypes, [[1.0, 0.0, 0.0], [0.0, 0.0, 0.0]], atol=1e-6)
+    np.testing.assert_allclose(match.prototypes, [[1.0, 0.0, 0.0]], atol=1e-6)  # one row per matched class
 
 
 def test_a_name_below_the_threshold_is_unmatched_and_the_margin_pools_near_best_concepts() -> None:
@@ -61,7 +61,7 @@ def test_a_name_below_the_threshold_is_unmatched_and_the_margin_pools_near_best_
     np.testing.assert_allclose(bank.concept_scores(["гамма"], vecs), [[0.6, 0.8]], atol=1e-6)
     unmatched = bank.match(["гамма"], vecs, cfg=_cfg(threshold=0.9))
     assert not unmatched.any and unmatched.concepts == [[]]
-    assert not unmatched.prototypes.any() and unmatched.prototypes.shape == (1, 3)
+    assert unmatched.prototypes.shape == (0, 3)
     best = bank.match(["гамма"], vecs, cfg=_cfg(threshold=0.7, margin=0.1))
     assert best.concepts == [[1]]
     np.testing.assert_allclose(best.prototypes, [[0.0, 1.0, 0.0]], atol=1e-6)
@@ -85,7 +85,7 @@ def test_exclude_removes_the_concepts_of_a_source() -> None:
     assert bank.match(["кошка"], vecs).concepts == [[0]]
     assert bank.match(["кошка"], vecs, exclude=["x/cats"]).concepts == [[1]]
     gone = bank.match(["кошка"], vecs, exclude=["x/cats", "y/pets"])
-    assert not gone.any and not gone.prototypes.any()
+    assert not gone.any and gone.prototypes.shape == (0, 2)
 
 
 def test_synonyms_count_as_names() -> None:
@@ -117,7 +117,7 @@ def logits_case() -> Dict[str, np.ndarray]:
     return {"logits": rng.normal(size=(4, 3)).astype(np.float32),
             "features": np.array([[2.0, 0.0], [1.0, 1.0], [1000.0, -1000.0], [0.0, 3.0]], np.float32),
             "valid": np.array([True, True, False, True]),
-            "match": ClassMatch(protos, np.array([True, True, False]), [[0], [1], []])}
+            "match": ClassMatch(protos[:2], np.array([True, True, False]), [[0], [1], []])}
 
 
 def _expected(c: Dict[str, np.ndarray], rows: np.ndarray, protos: np.ndarray, scale: float,
@@ -145,7 +145,7 @@ def test_bank_logits_add_the_matched_classes_log_share_to_the_valid_rows(logits_
 
 def test_one_matched_class_alone_gets_no_push(logits_case: Dict[str, np.ndarray]) -> None:
     c = logits_case
-    alone = ClassMatch(c["match"].prototypes, np.array([False, True, False]), [[], [1], []])
+    alone = ClassMatch(c["match"].prototypes[1:], np.array([False, True, False]), [[], [1], []])
     out = bank_logits(c["logits"], c["features"], c["valid"], alone, _cfg(scale=3.0, weight=2.0))
     np.testing.assert_allclose(out, c["logits"], atol=1e-6)
 
@@ -165,7 +165,7 @@ def test_bank_logits_leave_the_scores_alone_without_a_match_features_or_images(
         logits_case: Dict[str, np.ndarray]) -> None:
     c = logits_case
     cfg = _cfg(weight=5.0, center=True)
-    none_matched = ClassMatch(np.zeros((3, 2), np.float32), np.zeros(3, bool), [[], [], []])
+    none_matched = ClassMatch(np.zeros((0, 2), np.float32), np.zeros(3, bool), [[], [], []])
     for features, valid, match in [(c["features"], c["valid"], None), (None, c["valid"], c["match"]),
                                    (c["features"], c["valid"], none_matched),
                                    (c["features"], np.zeros(4, bool), c["match"])]:
@@ -383,3 +383,21 @@ def test_own_folders_become_concepts_and_install_into_a_model(scene: Dict[str, o
     assert Manifest.load(model).visual_bank == _cfg(threshold=0.5, scale=50.0, weight=5.0, margin=0.02)
     cats = [k for k, v in truth.items() if v == 1]
     assert all(_predict(scene, model)[k] == 1 for k in cats)
+
+
+def test_many_classes_are_matched_block_by_block_as_one_block(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Matching in blocks (bounded memory for 50,000 class names) gives what one block gives."""
+    import zeroshot.visual_bank as vb
+
+    rng = np.random.default_rng(0)
+    names = [["альфа", "а"], ["бета"], ["гамма", "г", "гам"]]
+    bank = _bank(names, ["a/a", "b/b", "c/c"], rng.normal(size=(6, 4)), rng.normal(size=(3, 5)), threshold=0.3,
+                 margin=0.2)
+    classes = [f"класс {i}" for i in range(23)] + ["гамма"]
+    vecs = rng.normal(size=(24, 4))
+    whole = bank.match(classes, vecs)
+    monkeypatch.setattr(vb, "MATCH_BLOCK", 5)
+    blocks = bank.match(classes, vecs)
+    assert whole.any and blocks.matched.tolist() == whole.matched.tolist() and blocks.concepts == whole.concepts
+    np.testing.assert_allclose(blocks.prototypes, whole.prototypes, atol=1e-6)
+    assert len(whole.prototypes) == int(whole.matched.sum()) and 2 in whole.concepts[-1]

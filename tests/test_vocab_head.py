@@ -60,7 +60,7 @@ def test_bank_head_mixture_is_a_distribution() -> None:
     mask = (ids > 0).long()
     with torch.no_grad():
         both = BankHeadTextEncoder(concept, head, 0.25)(ids, mask).numpy()
-        want = mix_weights(concept(ids, mask).numpy(), torch.softmax(head(concept.use(ids, mask)), -1).numpy(), 0.25)
+        want = mix_weights(concept(ids, mask)[0].numpy(), torch.softmax(head(concept.use(ids, mask)), -1).numpy(), 0.25)
     np.testing.assert_allclose(both, want, atol=1e-6)
     np.testing.assert_allclose(both.sum(axis=1), 1.0, atol=1e-5)
     with pytest.raises(ValueError):

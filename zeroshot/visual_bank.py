@@ -17,7 +17,7 @@ import json
 import logging
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Collection, List, Optional, Sequence
+from typing import Collection, Dict, List, Optional, Sequence
 
 import numpy as np
 
@@ -27,11 +27,13 @@ from .text import normalize_name
 logger = logging.getLogger(__name__)
 
 _EPS = 1e-12
+MATCH_BLOCK = 4096  # class names scored against the bank at once
 
 
 @dataclass
 class ClassMatch:
-    """Per class of a dataset: its prototype (C, F) float32 (zero rows where unmatched) and whether it matched."""
+    """A dataset's classes and the bank: ``prototypes`` float32 (M, F), one row per matched class in class order;
+    ``matched`` bool (C,); ``concepts`` per class the indices of the concepts pooled into its prototype."""
 
     prototypes: np.ndarray
     matched: np.ndarray
@@ -62,6 +64,10 @@ class Bank:
             raise ValueError(f"bank: {len(prototypes)} prototypes for {len(names)} concepts")
         self.embeddings = _unit(embeddings.astype(np.float32))
         self.prototypes = _unit(prototypes.astype(np.float32))
+        self.concept_starts = np.flatnonzero(np.r_[True, self.entry_concept[1:] != self.entry_concept[:-1]])
+        self.entries_named: Dict[str, List[int]] = {}
+        for e, text in enumerate(self.entry_text):
+            self.entries_named.setdefault(text, []).append(e)
 
     def named(self, names: Sequence[str]) -> List[int]:
         """The concepts with a name or synonym equal (normalised) to one of ``names``."""
@@ -75,15 +81,12 @@ class Bank:
         Concepts whose source collection (a repository) is in ``exclude`` get -inf: the tuning tools score a
         suite set without its own source.
         """
+        if not len(self.sources):
+            return np.zeros((len(names), 0), dtype=np.float32)
         sims = _unit(name_vecs.astype(np.float32)) @ self.embeddings.T
-        normalized = [normalize_name(n, self.normalize) for n in names]
-        where = {}
-        for e, text in enumerate(self.entry_text):
-            where.setdefault(text, []).append(e)
-        for c, text in enumerate(normalized):
-            sims[c, where.get(text, [])] = 1.0
-        scores = np.full((len(names), len(self.sources)), -np.inf, dtype=np.float32)
-        np.maximum.at(scores.T, self.entry_concept, sims.T)
+        for c, name in enumerate(names):
+            sims[c, self.entries_named.get(normalize_name(name, self.normalize), [])] = 1.0
+        scores = np.maximum.reduceat(sims, self.concept_starts, axis=1)  # entries are grouped by concept
         if exclude:
             scores[:, np.isin(self.sources, list(exclude))] = -np.inf
         return scores
@@ -92,23 +95,27 @@ class Bank:
               cfg: Optional[VisualBankConfig] = None, drop: Collection[int] = ()) -> ClassMatch:
         """Each class's prototype: the mean of the concepts scoring at least ``threshold`` and within ``margin``
         of the class's best concept (:meth:`concept_scores`); ``cfg`` (default: the bank's own) sets both.
-        Concepts of a source in ``exclude``, and the concepts ``drop`` (indices), take no part."""
+        Concepts of a source in ``exclude``, and the concepts ``drop`` (indices), take no part. Classes are
+        scored MATCH_BLOCK at a time, so memory stays bounded for any class count."""
         cfg = cfg or self.cfg
-        scores = self.concept_scores(names, name_vecs, exclude)
-        scores[:, list(drop)] = -np.inf
-        best = scores.max(axis=1) if scores.shape[1] else np.full(len(names), -np.inf, np.float32)
-        protos = np.zeros((len(names), self.prototypes.shape[1]), dtype=np.float32)
+        matched = np.zeros(len(names), dtype=bool)
+        protos: List[np.ndarray] = []
         concepts: List[List[int]] = []
-        for c in range(len(names)):
-            if best[c] < cfg.threshold:
-                concepts.append([])
-                continue
-            chosen = np.flatnonzero(scores[c] >= best[c] - cfg.margin)
-            concepts.append(chosen.tolist())
-            protos[c] = _unit(self.prototypes[chosen].mean(axis=0))
-        matched = best >= cfg.threshold
+        for start in range(0, len(names), MATCH_BLOCK):
+            scores = self.concept_scores(names[start:start + MATCH_BLOCK], name_vecs[start:start + MATCH_BLOCK],
+                                         exclude)
+            scores[:, list(drop)] = -np.inf
+            best = scores.max(axis=1) if scores.shape[1] else np.full(len(scores), -np.inf, np.float32)
+            ok = best >= cfg.threshold
+            matched[start:start + len(scores)] = ok
+            chosen = (scores >= (best - cfg.margin)[:, None]) & ok[:, None]
+            concepts += [np.flatnonzero(row).tolist() for row in chosen]
+            if ok.any():
+                pooled = chosen[ok].astype(np.float32) @ self.prototypes
+                protos.append(_unit(pooled / chosen[ok].sum(axis=1, keepdims=True)))
+        width = self.prototypes.shape[1]
         logger.info("concept bank: %d of %d class names matched", int(matched.sum()), len(names))
-        return ClassMatch(protos, matched, concepts)
+        return ClassMatch(np.concatenate(protos) if protos else np.zeros((0, width), np.float32), matched, concepts)
 
 
 def bank_logits(logits: np.ndarray, features: Optional[np.ndarray], valid: np.ndarray, match: Optional[ClassMatch],
@@ -126,7 +133,7 @@ def bank_logits(logits: np.ndarray, features: Optional[np.ndarray], valid: np.nd
     if match is None or features is None or not match.any or not valid.any():
         return logits
     f = _unit(features[valid].astype(np.float32))
-    protos = match.prototypes[match.matched]
+    protos = match.prototypes
     if cfg.center:
         mean = f.mean(axis=0, keepdims=True)
         f, protos = f - mean, protos - mean
