@@ -139,3 +139,15 @@ def test_unreferenced_files_of_a_killed_writer_are_removed(store: Store) -> None
     assert len(reopened.segments) == 1
     reopened.remove_unreferenced()
     assert not any(p.exists() for p in torn) and (store.path / "seg" / "000000.npy").is_file()
+
+
+def test_vectors_are_read_by_id_in_any_order(store: Store) -> None:
+    rng = np.random.default_rng(5)
+    parts = [rng.normal(size=(n, DIM)).astype(np.float32) for n in (7, 300, 5)]
+    for i, part in enumerate(parts):
+        add_files(store, part, f"p{i}-")
+    every = np.concatenate(parts)
+    for ids in (np.array([311, 0, 6, 7, 306, 8]), rng.permutation(312), np.arange(10, 300, 97), np.array([], int)):
+        np.testing.assert_array_equal(Store.open(store.path).vectors(ids), every[ids])
+    with pytest.raises(ValueError, match="not in the index"):
+        store.vectors(np.array([312]))

@@ -48,7 +48,7 @@ TRAIN_PER_LIST = 64       # training vectors per inverted list
 MIN_TRAIN = 16_384        # and at least this many (the PQ's 256 centroids per sub-vector)
 NPROBE = 32               # lists probed per query
 REFINE = 10               # candidates per result scored exactly
-ADD_CHUNK = 65_536        # vectors per add() call (progress and memory)
+ADD_CHUNK = 4096          # vectors per add() call: PQ encoding holds a (chunk, m, 256) float32 table
 
 
 def choose_spec(n: int, dim: int, cosine: bool, exact_max: int = EXACT_MAX) -> Dict[str, Any]:
@@ -174,6 +174,24 @@ def _commit(store: Store, entry: Dict[str, Any], bump: bool) -> Dict[str, Any]:
     return entry
 
 
+def _flat(store: Store, ids: np.ndarray, normalized: bool) -> Any:
+    """An IndexFlatIP whose row i is the vector of ``ids[i]``, filled in place (one copy of the vectors in memory)."""
+    dim = max(int(store.meta["dim"]), 1)
+    index = faiss.IndexFlatIP(dim)
+    if not len(ids):
+        return index
+    index.codes.resize(len(ids) * dim * 4)
+    rows = faiss.rev_swig_ptr(index.codes.data(), len(ids) * dim * 4).view(np.float32).reshape(len(ids), dim)
+    progress = Progress("exact search index", len(ids), unit="vectors")
+    done = 0
+    for part, vectors in store.iter_vectors(ids, ADD_CHUNK):
+        rows[done:done + len(part)] = _prepared(vectors, normalized)
+        done += len(part)
+        progress.update(done, force=done == len(ids))
+    index.ntotal = len(ids)
+    return index
+
+
 class Searcher:
     """The store's search index loaded for queries: the committed IVF file, or an exact IndexFlatIP in memory.
 
@@ -201,8 +219,8 @@ class Searcher:
             logger.warning("%s: no search index for this score (an interrupted 'index' run?): exact search over %d "
                            "vectors; run 'index' again to build it", store.path, len(live))
         self.nprobe = self.refine = 0
-        self.index = faiss.IndexIDMap(faiss.IndexFlatIP(max(int(store.meta["dim"]), 1)))
-        _add(self.index, store, live, cosine, "exact search index")
+        self.ids = live
+        self.index = _flat(store, live, cosine)
 
     def candidates(self, queries: np.ndarray, k: int, nprobe: Optional[int] = None,
                    refine: Optional[int] = None) -> np.ndarray:
@@ -215,7 +233,8 @@ class Searcher:
             return np.zeros((len(queries), 0), dtype=np.int64)
         q = _prepared(queries, self.normalized)
         if not self.nprobe:
-            return self.index.search(q, k)[1]
+            rows = self.index.search(q, k)[1]
+            return np.where(rows >= 0, self.ids[np.maximum(rows, 0)], -1)
         faiss.extract_index_ivf(self.index).nprobe = nprobe or self.nprobe
         return self.index.search(q, k * (refine or self.refine))[1]
 

@@ -5,7 +5,7 @@ An index is a folder::
     index.json             format, images root, model signature, vector size, the committed segments in
                            order, the next id, and the search index's parameters (zeroshot.retrieve_index)
     seg/NNNNNN.npy         float32 (rows, D): the vectors one commit added, ids first_id .. first_id+rows-1
-                           (read memory-mapped; absent when the commit added none)
+                           (absent when the commit added none); rows are read by offset, only those asked for
     seg/NNNNNN.json        that commit's file table changes: {"set": {rel: [id, sha256, size, mtime_ns]},
                            "removed": [rel, ...]}
     search-NNNNNN.faiss    the FAISS index over the live ids, when the collection needs one
@@ -24,10 +24,11 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import shutil
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Dict, Iterator, List, Mapping, Optional, Sequence, Tuple
+from typing import Any, BinaryIO, Dict, Iterator, List, Mapping, Optional, Sequence, Tuple
 
 import numpy as np
 
@@ -81,7 +82,7 @@ class Store:
         self.path, self.meta = path, meta
         self.segments = [Segment(name, first, rows) for name, first, rows in meta["segments"]]
         self.files: Dict[str, FileRecord] = replay(path, self.segments)
-        self._maps: Dict[str, np.ndarray] = {}
+        self._offsets: Dict[str, int] = {}
 
     @classmethod
     def create(cls, path: Path, root: Path, signature: str) -> "Store":
@@ -135,10 +136,36 @@ class Store:
             found.setdefault(self.files[rel].id, []).append(rel)
         return found
 
-    def _vectors_of(self, segment: Segment) -> np.ndarray:
-        if segment.name not in self._maps:
-            self._maps[segment.name] = np.load(self.segment_file(segment, ".npy"), mmap_mode="r")
-        return self._maps[segment.name]
+    def _data_offset(self, segment: Segment, handle: BinaryIO) -> int:
+        """Where the rows of ``segment``'s .npy start (its header checked once: float32, C order, (rows, D))."""
+        if segment.name not in self._offsets:
+            fmt = np.lib.format
+            version = fmt.read_magic(handle)
+            read = fmt.read_array_header_1_0 if version == (1, 0) else fmt.read_array_header_2_0
+            shape, fortran, dtype = read(handle)
+            if dtype != np.float32 or fortran or shape != (segment.rows, self.meta["dim"]):
+                raise ValueError(f"{self.segment_file(segment, '.npy')}: {dtype} {shape}, expected float32 "
+                                 f"({segment.rows}, {self.meta['dim']})")
+            self._offsets[segment.name] = handle.tell()
+        return self._offsets[segment.name]
+
+    def _rows(self, segment: Segment, local: np.ndarray) -> np.ndarray:
+        """float32 (len(local), D) rows of one segment, in the order of ``local``, read by offset.
+
+        Positional reads, not a memory map: the page cache keeps the shards,
+        while the process holds only the rows it asked for (a memory-mapped
+        row counts its whole page-cache folio, often the whole shard, in RSS).
+        """
+        dim = int(self.meta["dim"])
+        width = dim * 4
+        with open(self.segment_file(segment, ".npy"), "rb") as handle:
+            start = self._data_offset(segment, handle)
+            lo, hi = int(local.min()), int(local.max()) + 1
+            if hi - lo <= 2 * len(local):  # dense enough: one read of the span
+                span = np.frombuffer(os.pread(handle.fileno(), (hi - lo) * width, start + lo * width), np.float32)
+                return span.reshape(hi - lo, dim)[local - lo]
+            return np.stack([np.frombuffer(os.pread(handle.fileno(), width, start + int(r) * width), np.float32)
+                             for r in local])
 
     def vectors(self, ids: np.ndarray) -> np.ndarray:
         """float32 (len(ids), D) vectors of ``ids`` (any order), read from the memory-mapped shards."""
@@ -153,8 +180,7 @@ class Store:
             if k < 0 or local.max() >= stored[int(k)].rows:
                 raise ValueError(f"{self.path}: ids {ids[rows][:5].tolist()} are not in the index")
             segment = stored[int(k)]
-            order = np.argsort(local)
-            out[rows[order]] = self._vectors_of(segment)[local[order]]
+            out[rows] = self._rows(segment, local)
         return out
 
     def iter_vectors(self, ids: np.ndarray, chunk: int = COMPACT_ROWS) -> Iterator[Tuple[np.ndarray, np.ndarray]]:
@@ -190,8 +216,10 @@ class Store:
         stale += [p for p in self.path.glob("search-*.faiss") if p.name != search_file]
         stale += list(self.path.glob(".*.tmp"))
         for path in stale:
-            logger.info("removing %s (not part of the index)", path)
             shutil.rmtree(path) if path.is_dir() else path.unlink()
+        if stale:
+            logger.info("%s: removed %d files that are not part of the index (%s, ...)", self.path, len(stale),
+                        stale[0].name)
 
 
 def _write_segment(store: Store, vectors: np.ndarray, set_files: Mapping[str, FileRecord],
