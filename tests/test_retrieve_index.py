@@ -151,3 +151,4 @@ def test_vectors_are_read_by_id_in_any_order(store: Store) -> None:
         np.testing.assert_array_equal(Store.open(store.path).vectors(ids), every[ids])
     with pytest.raises(ValueError, match="not in the index"):
         store.vectors(np.array([312]))
+

@@ -1,19 +1,20 @@
 """The search index over a retrieval store's vectors (FAISS), chosen by collection size, updated in place.
 
-Up to ``exact_max`` live vectors (:data:`EXACT_MAX` by default) search is exact:
-an ``IndexFlatIP`` built in memory from the memory-mapped shards when a query
-command starts, nothing more on disk. Beyond that, an IVF index of product-
-quantised codes (factory ``IVF{nlist},PQ{m}x{bits}np``, inner product; ``np``: no polysemous
-training, which only serves Hamming-distance filtering and costs minutes) is trained
-on a sample of the live vectors and kept in ``search-NNNNNN.faiss``; a query
-probes ``nprobe`` of its lists and scores the best ``refine`` x k candidates
-exactly from the shards (the manifest's score, as brute force would). Every
-parameter goes into index.json's ``search`` entry, with the number of segments
-the file covers. A refresh adds the ids of newer segments and removes the ids
-no file refers to any more; the index is trained again only when the chosen
-parameters change (the collection crossed ``exact_max``, or grew or shrank
-enough for another ``nlist``). With the manifest's ``cosine`` similarity the
-index holds L2-normalised copies, and queries are normalised too.
+Up to ``exact_max`` live vectors (:data:`EXACT_MAX` by default) search is
+exact: an ``IndexFlatIP`` filled from the shards when a query command starts,
+nothing more on disk. Beyond that, an IVF index of product-quantised codes
+(factory ``IVF{nlist},PQ{m}x{bits}np``, inner product; ``np``: no polysemous
+training, which only serves Hamming filtering and costs seconds per
+sub-quantizer) is trained on a sample of the live vectors and kept in
+``search-NNNNNN.faiss``; a query probes ``nprobe`` of its lists and scores the
+best ``refine`` x k candidates exactly from the shards (the manifest's score,
+as brute force would). Every parameter goes into index.json's ``search``
+entry, with the number of segments the file covers. A refresh adds the ids of
+newer segments and removes the ids no file refers to any more; the index is
+trained again only when the chosen parameters change (the collection crossed
+``exact_max``, or grew or shrank enough for another ``nlist``). With the
+manifest's ``cosine`` similarity the index holds L2-normalised copies, and
+queries are normalised too.
 
 Only ``zeroshot.retrieve`` imports this module: FAISS (``pip install faiss-cpu``,
 in requirements-build.txt) is a side tool's dependency, never the judge's.

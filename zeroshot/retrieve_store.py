@@ -28,7 +28,7 @@ import os
 import shutil
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, BinaryIO, Dict, Iterator, List, Mapping, Optional, Sequence, Tuple
+from typing import Any, BinaryIO, Dict, Iterator, List, Mapping, Sequence, Tuple
 
 import numpy as np
 
@@ -189,16 +189,14 @@ class Store:
             part = ids[start:start + chunk]
             yield part, self.vectors(part)
 
-    def commit(self, vectors: np.ndarray, set_files: Mapping[str, FileRecord], removed: Sequence[str],
-               search: Optional[Dict[str, Any]] = None) -> Segment:
+    def commit(self, vectors: np.ndarray, set_files: Mapping[str, FileRecord], removed: Sequence[str]) -> Segment:
         """Append ``vectors`` (ids from :attr:`next_id` on) and the file table changes, atomically.
 
-        ``set_files`` may refer to the new ids or to any stored one; ``search``
-        (when given) replaces the search index's entry in the same commit.
+        ``set_files`` may refer to the new ids or to any stored one; ``removed``
+        paths leave the table (their vectors stay, as tombstones when no other
+        path refers to them).
         """
         segment = _write_segment(self, vectors, set_files, removed)
-        if search is not None:
-            self.meta["search"] = search
         self.write_meta(self.meta)
         return segment
 
@@ -262,9 +260,13 @@ def replay(path: Path, segments: Sequence[Segment]) -> Dict[str, FileRecord]:
 
 @dataclass
 class Plan:
-    """What an update does: ``reuse`` (path -> record of a vector the index has: unchanged content under a
-    new path, or a file whose hash is known), ``removed`` paths, and ``encode``: new contents as
-    (sha256, [(rel, size, mtime), ...]) in path order, one entry per distinct hash."""
+    """What an update does, from ``images`` files of which ``unchanged`` match their records.
+
+    ``reuse``: path -> record of a vector the index has (a moved or copied
+    file, or one changed back to a known content); ``removed``: paths no longer
+    there; ``encode``: new contents as (sha256, [(rel, size, mtime), ...]) in
+    path order, one entry per distinct hash; ``paths``: rel -> file.
+    """
 
     images: int
     unchanged: int
