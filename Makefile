@@ -24,8 +24,8 @@ IMAGE_MODEL ?= model
 TRAIN_OUT ?= dist/text_tower
 TRAIN_ARGS ?=
 
-.PHONY: help venv model bank run data-check test vendor bundle judge judge-docker bench export clean train suite suite-data reference-env \
-	export-parity parity-fixtures
+.PHONY: help venv model bank run data-check test vendor bundle judge judge-docker bench bench-retrieval export clean train \
+	suite suite-data reference-env export-parity parity-fixtures
 
 help:  ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | sed 's/:.*## /\t/'
@@ -81,6 +81,9 @@ test: venv vendor  ## the test suite (CI runs this); vendor/ lets it check the r
 bench: venv model  ## images/s on one core: predict.py vs the organisers' ResNet-50 vs the input ceiling (int8: the model's variants.int8 or INT8_MODEL=dir)
 	$(PY) -m contest.bench --model model --data $(DATA) $(if $(INT8_MODEL),--int8-model $(INT8_MODEL)) \
 		--out bench/results/bench.json
+
+bench-retrieval: venv  ## the retrieval index at 10^4, 10^5, 10^6 vectors of cached suite features + noise, one thread: build time, disk, memory, latency, recall@10
+	$(PY) -m train.experiments.retrieval_scale --out dist/bench-retrieval.json
 
 # make suite: a model folder over every set of the tuning suite and the dev set, at a rung (default: the ladder's choice)
 MODEL ?= model

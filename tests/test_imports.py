@@ -1,5 +1,6 @@
 """The import graph: no cycle anywhere in the repository, the judge's path imports only the runtime core, the side
-tools share one library (zeroshot/embed.py) and never import each other."""
+tools share one library (zeroshot/embed.py) and never import each other; a tool's own parts (the HTML report, the
+retrieval index's shards and FAISS index) serve that tool alone."""
 
 from __future__ import annotations
 
@@ -13,8 +14,10 @@ CORE = {"zeroshot", "zeroshot.budget", "zeroshot.cli", "zeroshot.command", "zero
         "zeroshot.scoring", "zeroshot.text", "zeroshot.visual_bank"}
 SIDE_TOOLS = {"zeroshot.retrieve", "zeroshot.verify", "zeroshot.head", "zeroshot.evaluate"}
 SIDE_LIBRARY = "zeroshot.embed"
-# a side tool's own part, imported by that tool alone: module -> the tool
-TOOL_PARTS = {"zeroshot.html_report": "zeroshot.evaluate"}
+# a side tool's own part, imported by that tool (or its other parts) alone: module -> the tool
+TOOL_PARTS = {"zeroshot.html_report": "zeroshot.evaluate",
+              # zeroshot.retrieve's index: the shards, and the FAISS index (faiss stays off the judge's path)
+              "zeroshot.retrieve_store": "zeroshot.retrieve", "zeroshot.retrieve_index": "zeroshot.retrieve"}
 
 
 GRAPH = import_graph(module_files())
@@ -42,11 +45,13 @@ def test_the_judges_path_imports_only_the_runtime_core() -> None:
 
 def test_side_tools_import_the_core_and_their_library_never_each_other() -> None:
     for tool in SIDE_TOOLS | {SIDE_LIBRARY} | set(TOOL_PARTS):
-        own = {part for part, owner in TOOL_PARTS.items() if owner == tool}
+        owner = TOOL_PARTS.get(tool, tool)
+        own = {part for part, o in TOOL_PARTS.items() if o == owner}
         imported = {m for m in GRAPH[tool] if m.startswith("zeroshot")}
         assert imported <= CORE | {SIDE_LIBRARY} | own, (tool, imported - CORE)
     for module in CORE:
         assert not GRAPH[module] & (SIDE_TOOLS | {SIDE_LIBRARY} | set(TOOL_PARTS)), module
-    for module, imported in GRAPH.items():
+    for module, imported in GRAPH.items():  # within the runtime package; train/ and contest/ may measure a part
         for part in imported & set(TOOL_PARTS):
-            assert module == TOOL_PARTS[part], (module, part)
+            assert not module.startswith("zeroshot") or TOOL_PARTS.get(module, module) == TOOL_PARTS[part], (
+                module, part)

@@ -18,6 +18,8 @@ RUNTIME_FILES = sorted([REPO / "predict.py", *(REPO / "zeroshot").glob("*.py")])
 ALLOWED_THIRD_PARTY = {"numpy", "onnxruntime", "PIL", "sentencepiece", "tokenizers"}
 # never imported by the runtime: heavy frameworks, and the model-making and contest packages of this repo
 FORBIDDEN = ("torch", "torchvision", "cv2", "tensorflow", "train", "contest")
+# imported by one side tool's module only, never on the judge's path (and not vendored into the archive)
+SIDE_TOOL_ONLY = {"faiss": "retrieve_index.py"}
 
 BLOCK_AND_RUN = r"""
 import sys, importlib.abc, runpy
@@ -50,8 +52,8 @@ def test_runtime_imports_no_builtin_generics_at_runtime() -> None:
             assert "from __future__ import annotations" in source, path
 
 
-def forbidden_imports(paths: Sequence[Path]) -> List[str]:
-    """``file:line module`` for every import of a FORBIDDEN package, at any depth (also inside functions)."""
+def forbidden_imports(paths: Sequence[Path], forbidden: Sequence[str] = FORBIDDEN) -> List[str]:
+    """``file:line module`` for every import of a ``forbidden`` package, at any depth (also inside functions)."""
     found = []
     for path in paths:
         for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"), filename=str(path))):
@@ -61,17 +63,18 @@ def forbidden_imports(paths: Sequence[Path]) -> List[str]:
                 names = [node.module]
             else:
                 continue
-            found += [f"{path.name}:{node.lineno} {n}" for n in names if n.split(".")[0] in FORBIDDEN]
+            found += [f"{path.name}:{node.lineno} {n}" for n in names if n.split(".")[0] in forbidden]
     return found
 
 
 def run_guarded(predict_py: Path, tmp_path: Path, model: Path) -> subprocess.CompletedProcess:
-    """predict.py on a small generated dataset with every FORBIDDEN package unimportable."""
+    """predict.py on a small generated dataset with every FORBIDDEN and SIDE_TOOL_ONLY package unimportable."""
     root = tmp_path / "data"
     make_dataset(root, "ds", ["а", "б"], 6)
     script = tmp_path / "block.py"
     script.write_text(BLOCK_AND_RUN)
-    return subprocess.run([sys.executable, str(script), ",".join(FORBIDDEN), str(predict_py), str(root),
+    blocked = ",".join(FORBIDDEN + tuple(SIDE_TOOL_ONLY))
+    return subprocess.run([sys.executable, str(script), blocked, str(predict_py), str(root),
                            str(tmp_path / "o.json"), "--model", str(model)], capture_output=True, text=True)
 
 
@@ -89,6 +92,16 @@ def test_runtime_source_imports_no_forbidden_package() -> None:
     assert forbidden_imports(RUNTIME_FILES) == []
 
 
+def test_faiss_is_imported_by_the_retrieval_index_alone_and_never_vendored() -> None:
+    for package, module in SIDE_TOOL_ONLY.items():
+        found = forbidden_imports(RUNTIME_FILES, (package,))
+        assert found and {hit.split(":")[0] for hit in found} == {module}, found
+    from contest.vendor import TARGETS
+
+    pins = [pin for target in TARGETS.values() for pin in target]
+    assert not [pin for pin in pins if pin.split("=")[0].replace("_", "-") in {"faiss", "faiss-cpu"}], pins
+
+
 @pytest.mark.parametrize("line", ["import torch", "from train.manifest_io import write_manifest",
                                   "def later():\n    import contest.bundle"])
 def test_static_guard_fails_on_a_forbidden_import(tmp_path: Path, line: str) -> None:
@@ -97,7 +110,7 @@ def test_static_guard_fails_on_a_forbidden_import(tmp_path: Path, line: str) -> 
     assert len(found) == 1 and found[0].startswith("scoring.py:"), found
 
 
-@pytest.mark.parametrize("package", ["torch", "train"])
+@pytest.mark.parametrize("package", ["torch", "train", "faiss"])
 def test_runtime_guard_fails_when_the_runtime_imports_a_forbidden_package(
         tiny_model: Path, tmp_path: Path, package: str) -> None:
     app = runtime_copy(tmp_path, "cli.py", f"import {package}")

@@ -93,10 +93,12 @@ def read_folders(root: Path) -> Records:
 
 
 def embed_images(model: Model, paths: Sequence[Path], batch_size: Optional[int] = None,
-                 progress: Optional[Progress] = None) -> Embedded:
+                 progress: Optional[Progress] = None, progress_offset: int = 0) -> Embedded:
     """Encode ``paths`` at the manifest's image size; undecodable files are logged and skipped.
 
     Decoding runs in a thread pool (one thread per CPU the model uses).
+    ``progress`` counts from ``progress_offset`` (a caller that encodes its
+    images in several calls shares one progress line).
     """
     batch = batch_size or model.batch_size
     cfg, size = model.image_cfg, model.image_cfg.size
@@ -119,7 +121,8 @@ def embed_images(model: Model, paths: Sequence[Path], batch_size: Optional[int] 
                 feat_rows.append(feats)
                 valid[np.asarray(ok) + start] = True
             if progress is not None:
-                progress.update(start + len(chunk), force=start + len(chunk) == len(paths))
+                done = progress_offset + start + len(chunk)
+                progress.update(done, force=done == progress.total)
     dim = _output_dims(vec_rows, feat_rows)
     vectors = np.concatenate(vec_rows) if vec_rows else np.zeros((0, dim[0]), dtype=np.float32)
     features = np.concatenate(feat_rows) if feat_rows else np.zeros((0, dim[1]), dtype=np.float32)

@@ -1,4 +1,4 @@
-"""The one progress line of the project: ``name: done/total unit, rate unit/s`` on stderr through logging.
+"""The one progress line of the project: ``name: done/total unit, rate unit/s, ETA`` on stderr through logging.
 
 Prediction logs images per dataset, the side tools images per folder, training
 steps per run; each logs at most every ``every_s`` seconds (and when forced,
@@ -28,5 +28,16 @@ class Progress:
         if force or now - self.last >= self.every_s:
             self.last = now
             rate = done / max(now - self.start, 1e-9)
-            logger.info("%s: %d/%d %s, %.1f %s/s%s", self.name, done, self.total, self.unit, rate, self.unit,
+            eta = f", ETA {duration((self.total - done) / rate)}" if 0 < done < self.total else ""
+            logger.info("%s: %d/%d %s, %.1f %s/s%s%s", self.name, done, self.total, self.unit, rate, self.unit, eta,
                         f", {note}" if note else "")
+
+
+def duration(seconds: float) -> str:
+    """``45s``, ``12m05s`` or ``3h07m`` (rounded to the second)."""
+    s = int(round(seconds))
+    if s < 60:
+        return f"{s}s"
+    if s < 3600:
+        return f"{s // 60}m{s % 60:02d}s"
+    return f"{s // 3600}h{s % 3600 // 60:02d}m"

@@ -2,17 +2,22 @@
 
 Usage::
 
-    python -m zeroshot.retrieve index IMAGES_DIR INDEX            # embed every image (cached by sha256)
+    python -m zeroshot.retrieve index IMAGES_DIR INDEX            # embed every image into the index folder INDEX
     python -m zeroshot.retrieve query INDEX "текст" [...] -k 10    # JSON lines: query, rank, path, score
     python -m zeroshot.retrieve describe CAPTIONS TARGET... -k 5   # best captions per image (TARGET: index, image, folder)
     python -m zeroshot.retrieve eval INDEX CAPTIONS                # recall@1/5/10 both ways, JSON
+    python -m zeroshot.retrieve compact INDEX                      # drop the vectors no file refers to any more
 
-The index is one ``.npz`` file: image vectors, paths relative to IMAGES_DIR,
-each file's size, mtime and sha256, and the model signature the vectors
-belong to. Re-indexing re-encodes only new or changed files (a file whose
-size and mtime match keeps its stored hash; a changed one is re-hashed, and
-a moved file with a known hash reuses its vector). Every similarity is the
-manifest's score (:func:`zeroshot.scoring.class_logits`), so any model folder works.
+The index is a folder (:mod:`zeroshot.retrieve_store`): append-only vector
+shards, each file's path, size, mtime and sha256, and the model signature the
+vectors belong to, committed a batch at a time, so a killed ``index`` run
+loses at most its last batch and the next run goes on from there. Re-indexing
+encodes only new or changed files (a file whose size and mtime match keeps its
+stored hash; a changed one is re-hashed, and a moved or copied file with a
+known hash reuses its vector). Queries go through a FAISS index chosen by the
+collection's size (:mod:`zeroshot.retrieve_index`: exact up to 100,000
+vectors, IVF-PQ beyond) and the candidates are scored with the manifest's score
+(:func:`zeroshot.scoring.class_logits`), so any model folder works.
 """
 
 from __future__ import annotations
@@ -23,7 +28,7 @@ import logging
 import sys
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Dict, List, Optional, Sequence, Tuple
+from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 
@@ -31,25 +36,22 @@ from .limits import MODEL_DIR
 from .command import make_parser, parse_args, positive_int
 from .embed import RECALL_AT, Progress, embed_images, embed_texts, read_pairs, recall_at, similarity, walk_images
 from .encoders import Model
-from .manifest import sha256_file, to_dict
-from .outputs import atomic_open
+from .manifest import to_dict
+from .retrieve_index import EXACT_MAX, Searcher, compact, refresh, search
+from .retrieve_store import META_NAME, FileRecord, Store, plan_update
 
 logger = logging.getLogger(__name__)
 
-INDEX_FORMAT = 1
+COMMIT_IMAGES = 256
 
 
 @dataclass
 class Index:
-    """Image vectors of one folder. vectors: float32 (N, D); the lists have N entries each."""
+    """An index read whole: float32 (N, D) vectors and the N relative paths (copies of a file each have a row)."""
 
     root: Path
-    signature: str
     vectors: np.ndarray
     paths: List[str]
-    sha256: List[str]
-    sizes: List[int]
-    mtimes: List[int]
 
     def full_path(self, i: int) -> str:
         """The indexed file's path (IMAGES_DIR as given to ``index`` joined with its relative path)."""
@@ -62,78 +64,68 @@ def model_signature(model: Model, variant: Optional[str]) -> str:
     return hashlib.sha256(json.dumps(key, sort_keys=True).encode("utf-8")).hexdigest()
 
 
-def save_index(index: Index, path: Path) -> None:
-    """Write ``index`` to ``path`` atomically (temp file in the same folder + rename)."""
-    meta = {"format": INDEX_FORMAT, "root": str(index.root), "signature": index.signature}
-    with atomic_open(path, "wb") as handle:
-        np.savez(handle, vectors=index.vectors.astype(np.float32),
-                 paths=np.array(index.paths, dtype=str), sha256=np.array(index.sha256, dtype=str),
-                 sizes=np.array(index.sizes, dtype=np.int64), mtimes=np.array(index.mtimes, dtype=np.int64),
-                 meta=np.array(json.dumps(meta)))
-
-
-def load_index(path: Path) -> Index:
-    """Read an index written by :func:`save_index`; FileNotFoundError/ValueError name the file."""
-    if not path.is_file():
-        raise FileNotFoundError(f"{path}: index not found (build it with 'python -m zeroshot.retrieve index')")
-    try:
-        with np.load(path, allow_pickle=False) as data:
-            meta = json.loads(str(data["meta"]))
-            n = len(data["paths"])
-            index = Index(Path(meta["root"]), meta["signature"], data["vectors"].astype(np.float32),
-                          [str(p) for p in data["paths"]], [str(h) for h in data["sha256"]],
-                          [int(s) for s in data["sizes"]], [int(m) for m in data["mtimes"]])
-    except (OSError, ValueError, KeyError, json.JSONDecodeError) as exc:
-        raise ValueError(f"{path}: not a retrieval index: {type(exc).__name__}: {exc}") from exc
-    if meta.get("format") != INDEX_FORMAT or len(index.vectors) != n:
-        raise ValueError(f"{path}: index format {meta.get('format')} with {len(index.vectors)} vectors for "
-                         f"{n} paths; expected format {INDEX_FORMAT} (re-index)")
-    return index
-
-
-def _check_model(index: Index, signature: str, path: Path) -> None:
-    """ValueError when the index was built with another image encoder or preprocessing."""
-    if index.signature != signature:
+def open_store(path: Path, signature: str) -> Store:
+    """The index at ``path``; ValueError when it was built with another image encoder or preprocessing."""
+    store = Store.open(path)
+    if store.signature != signature:
         raise ValueError(f"{path}: index was built with another model or variant (signature "
-                         f"{index.signature[:12]}, this model {signature[:12]}); re-index with this model")
+                         f"{store.signature[:12]}, this model {signature[:12]}); re-index with this model")
+    return store
 
 
-def build_index(model: Model, root: Path, signature: str, old: Optional[Index]) -> Tuple[Index, Dict[str, int]]:
-    """Index every image under ``root``, reusing ``old``'s vectors for unchanged files.
+def load_index(store: Store) -> Index:
+    """Every indexed file with its vector, paths sorted."""
+    paths = sorted(store.files)
+    return Index(store.root, store.vectors(np.array([store.files[p].id for p in paths], dtype=np.int64)), paths)
 
-    Returns the index and counts: images, reused, encoded, failed.
+
+def is_cosine(model: Model) -> bool:
+    """True when the manifest scores by cosine (the search index then holds L2-normalised vectors)."""
+    return model.manifest.score.similarity == "cosine"
+
+
+def update_index(model: Model, store: Store, root: Path, batch: int = COMMIT_IMAGES,
+                 after_commit: Optional[Callable[[Store], None]] = None) -> Dict[str, int]:
+    """Bring ``store`` up to date with the images under ``root``, one commit per ``batch`` new contents.
+
+    First one commit of what needs no encoding (moved or copied files, removed
+    ones), then the new contents in path order, ``batch`` at a time, each
+    commit atomic; ``after_commit`` is called after each (tests use it to
+    interrupt a run). A file that cannot be decoded is reported, dropped from
+    the index and tried again next time. Returns counts: images, indexed,
+    reused, encoded, failed, removed.
     """
-    paths = walk_images(root)
-    rels = [p.relative_to(root).as_posix() for p in paths]
-    if old is not None and old.signature != signature:
-        logger.info("the old index was built with another model; re-encoding everything")
-        old = None
-    by_path = {p: i for i, p in enumerate(old.paths)} if old else {}
-    by_hash = {h: i for i, h in enumerate(old.sha256)} if old else {}
-    hashes, sizes, mtimes, source = [], [], [], []
-    for path, rel in zip(paths, rels):
-        stat = path.stat()
-        j = by_path.get(rel)
-        same = old is not None and j is not None and old.sizes[j] == stat.st_size and old.mtimes[j] == stat.st_mtime_ns
-        digest = old.sha256[j] if same and old is not None and j is not None else sha256_file(path)
-        hashes.append(digest)
-        sizes.append(stat.st_size)
-        mtimes.append(stat.st_mtime_ns)
-        source.append(by_hash.get(digest, -1))
-    todo = [i for i, s in enumerate(source) if s < 0]
-    logger.info("%s: %d images, %d unchanged, %d to encode", root, len(paths), len(paths) - len(todo), len(todo))
-    emb = embed_images(model, [paths[i] for i in todo], progress=Progress("encoded images", len(todo)))
-    fresh = iter(emb.vectors)
-    encoded = {i: next(fresh) for i, ok in zip(todo, emb.valid) if ok}
-    keep = [i for i in range(len(paths)) if source[i] >= 0 or i in encoded]
-    dim = old.vectors.shape[1] if old is not None and len(old.vectors) else emb.vectors.shape[1]
-    rows = [old.vectors[source[i]] if source[i] >= 0 and old is not None else encoded[i] for i in keep]
-    vectors = np.stack(rows).astype(np.float32) if rows else np.zeros((0, dim), dtype=np.float32)
-    index = Index(root, signature, vectors, [rels[i] for i in keep], [hashes[i] for i in keep],
-                  [sizes[i] for i in keep], [mtimes[i] for i in keep])
-    counts = {"images": len(paths), "indexed": len(keep), "reused": len(paths) - len(todo),
-              "encoded": len(encoded), "failed": len(todo) - len(encoded)}
-    return index, counts
+    plan = plan_update(store, root)
+    if store.meta["root"] != str(root):
+        store.write_meta(dict(store.meta, root=str(root)))
+    files = sum(len(group) for _, group in plan.encode)
+    logger.info("%s: %d images, %d unchanged, %d moved or copied, %d removed, %d to encode (%d distinct)", root,
+                plan.images, plan.unchanged, len(plan.reuse), len(plan.removed), files, len(plan.encode))
+    if plan.reuse or plan.removed:
+        store.commit(np.zeros((0, 0), dtype=np.float32), plan.reuse, plan.removed)
+        if after_commit is not None:
+            after_commit(store)
+    progress = Progress("encoded images", len(plan.encode))
+    encoded = failed = 0
+    for start in range(0, len(plan.encode), batch):
+        chunk = plan.encode[start:start + batch]
+        emb = embed_images(model, [plan.paths[group[0][0]] for _, group in chunk], progress=progress,
+                           progress_offset=start)
+        new_ids = store.next_id + np.cumsum(emb.valid) - 1
+        set_files: Dict[str, FileRecord] = {}
+        removed: List[str] = []
+        for (digest, group), ok, id_ in zip(chunk, emb.valid, new_ids):
+            for rel, size, mtime in group:
+                if ok:
+                    set_files[rel] = FileRecord(int(id_), digest, size, mtime)
+                elif rel in store.files:
+                    removed.append(rel)
+            encoded, failed = encoded + len(group) * int(ok), failed + len(group) * int(not ok)
+        store.commit(emb.vectors, set_files, removed)
+        if after_commit is not None:
+            after_commit(store)
+    return {"images": plan.images, "indexed": len(store.files), "reused": plan.unchanged + len(plan.reuse),
+            "encoded": encoded, "failed": failed, "removed": len(plan.removed)}
 
 
 def top_k(scores: np.ndarray, k: int) -> np.ndarray:
@@ -150,31 +142,50 @@ def _write_line(obj: Dict[str, Any]) -> None:
 
 
 def cmd_index(args: Any, model: Model) -> int:
-    """Build or refresh the index; prints a JSON summary on stdout."""
-    old = None
-    if args.index.is_file():
-        try:
-            old = load_index(args.index)
-        except ValueError as exc:
-            logger.warning("%s; building a new index", exc)
-    index, counts = build_index(model, args.images_dir.resolve(), model_signature(model, args.variant), old)
-    save_index(index, args.index)
-    _write_line(dict(counts, index=str(args.index)))
-    logger.info("wrote %s: %d images (%d reused, %d encoded, %d failed)", args.index, counts["indexed"],
-                counts["reused"], counts["encoded"], counts["failed"])
+    """Build or refresh the index folder, then its search index; prints a JSON summary on stdout."""
+    signature = model_signature(model, args.variant)
+    root = args.images_dir.resolve()
+    if not root.is_dir():
+        raise FileNotFoundError(f"{root}: images folder not found")
+    try:
+        store = open_store(args.index, signature)
+        store.remove_unreferenced()
+    except FileNotFoundError:
+        store = Store.create(args.index, root, signature)
+    except ValueError as exc:
+        logger.warning("%s; building a new index", exc)
+        store = Store.create(args.index, root, signature)
+    counts = update_index(model, store, root, args.batch)
+    entry = refresh(store, args.exact_max, is_cosine(model))
+    _write_line(dict(counts, index=str(args.index), search=entry["factory"]))
+    logger.info("wrote %s: %d images (%d reused, %d encoded, %d failed, %d removed); search index %s", args.index,
+                counts["indexed"], counts["reused"], counts["encoded"], counts["failed"], counts["removed"],
+                entry["factory"])
+    return 0
+
+
+def cmd_compact(args: Any, model: Model) -> int:
+    """Re-pack the index without its tombstones; prints a JSON summary on stdout."""
+    store = open_store(args.index, model_signature(model, args.variant))
+    before = sum(s.rows for s in store.segments)
+    new = compact(store, args.exact_max, is_cosine(model))
+    _write_line({"index": str(args.index), "vectors_before": before, "vectors": new.next_id,
+                 "files": len(new.files), "search": new.meta["search"]["factory"]})
     return 0
 
 
 def cmd_query(args: Any, model: Model) -> int:
     """Top-k images per query text as JSON lines; empty queries are reported and skipped."""
-    index = load_index(args.index)
-    _check_model(index, model_signature(model, args.variant), args.index)
+    store = open_store(args.index, model_signature(model, args.variant))
+    searcher = Searcher(store, is_cosine(model), model.threads)
     vecs, valid, problems = embed_texts(model, args.texts)
-    scores = similarity(model, index.vectors, vecs)
-    for col, i in enumerate(np.flatnonzero(valid)):
-        for rank, row in enumerate(top_k(scores[:, col], args.k), 1):
-            _write_line({"query": args.texts[i], "rank": rank, "path": index.full_path(int(row)),
-                         "score": round(float(scores[row, col]), 6)})
+    ids, scores = search(searcher, vecs, args.k, model.manifest.score, args.nprobe, args.refine)
+    paths = store.paths_by_id()
+    for row, i in enumerate(np.flatnonzero(valid)):
+        found = [(rel, score) for id_, score in zip(ids[row], scores[row]) if id_ >= 0 for rel in paths[int(id_)]]
+        for rank, (rel, score) in enumerate(found[:args.k], 1):
+            _write_line({"query": args.texts[i], "rank": rank, "path": str(store.root / rel),
+                         "score": round(float(score), 6)})
     return 1 if problems and not valid.any() else 0
 
 
@@ -194,13 +205,12 @@ def read_captions(path: Path) -> List[str]:
 
 
 def _targets(model: Model, targets: Sequence[Path], signature: str) -> Tuple[List[str], np.ndarray]:
-    """(paths, float32 (N, D) vectors) of every TARGET: an index file, an image file, or a folder."""
+    """(paths, float32 (N, D) vectors) of every TARGET: an index folder, an image file, or a folder of images."""
     names: List[str] = []
     rows: List[np.ndarray] = []
     for target in targets:
-        if target.is_file() and target.suffix == ".npz":
-            index = load_index(target)
-            _check_model(index, signature, target)
+        if (target / META_NAME).is_file():
+            index = load_index(open_store(target, signature))
             names.extend(index.full_path(i) for i in range(len(index.paths)))
             rows.append(index.vectors)
             continue
@@ -291,8 +301,7 @@ def evaluate_pairs(model: Model, index: Index, pairs: Sequence[Tuple[str, str]])
 
 def cmd_eval(args: Any, model: Model) -> int:
     """Print recall@1/5/10 both ways as JSON."""
-    index = load_index(args.index)
-    _check_model(index, model_signature(model, args.variant), args.index)
+    index = load_index(open_store(args.index, model_signature(model, args.variant)))
     pairs, _ = read_pairs(args.captions)
     if not pairs:
         logger.error("%s: no usable (image, caption) pairs", args.captions)
@@ -311,22 +320,35 @@ def build_parser() -> Any:
     sub = parser.add_subparsers(dest="command", required=True)
     p = sub.add_parser("index", help="embed every image under IMAGES_DIR into INDEX (unchanged files are reused)")
     p.add_argument("images_dir", type=Path)
-    p.add_argument("index", type=Path, help="the index file to write (.npz)")
+    p.add_argument("index", type=Path, help="the index folder to create or update")
+    p.add_argument("--batch", type=positive_int, default=COMMIT_IMAGES,
+                   help="new images per commit, the most a killed run loses (default: %(default)s)")
+    p.add_argument("--exact-max", type=positive_int, default=EXACT_MAX,
+                   help="exact search up to this many vectors, IVF-PQ beyond (default: %(default)s)")
     p = sub.add_parser("query", help="the k best images per text, as JSON lines")
     p.add_argument("index", type=Path)
     p.add_argument("texts", nargs="+", help="query texts (Russian or English)")
     p.add_argument("-k", type=int, default=10)
+    p.add_argument("--nprobe", type=positive_int, default=None,
+                   help="IVF lists probed per query (default: the index's, written at build)")
+    p.add_argument("--refine", type=positive_int, default=None,
+                   help="IVF candidates per result scored exactly (default: the index's)")
     p = sub.add_parser("describe", help="the k best captions per image, as JSON lines")
     p.add_argument("captions", type=Path, help="CSV image,caption, JSON lines, or .txt with one caption a line")
-    p.add_argument("targets", type=Path, nargs="+", help="index files (.npz), images or folders")
+    p.add_argument("targets", type=Path, nargs="+", help="index folders, images or folders of images")
     p.add_argument("-k", type=int, default=5)
     p = sub.add_parser("eval", help="recall@1/5/10 text->image and image->text on a captions file")
     p.add_argument("index", type=Path)
     p.add_argument("captions", type=Path, help="CSV image,caption or JSON lines {\"image\", \"caption\"}")
+    p = sub.add_parser("compact", help="re-pack INDEX without the vectors no file refers to any more")
+    p.add_argument("index", type=Path)
+    p.add_argument("--exact-max", type=positive_int, default=EXACT_MAX,
+                   help="exact search up to this many vectors, IVF-PQ beyond (default: %(default)s)")
     return parser
 
 
-COMMANDS = {"index": cmd_index, "query": cmd_query, "describe": cmd_describe, "eval": cmd_eval}
+COMMANDS = {"index": cmd_index, "query": cmd_query, "describe": cmd_describe, "eval": cmd_eval,
+            "compact": cmd_compact}
 
 
 def main(argv: Optional[List[str]] = None) -> int:

@@ -30,7 +30,8 @@ from PIL import Image, ImageEnhance, ImageOps
 from zeroshot.command import make_parser, parse_args
 from zeroshot.encoders import Model
 from zeroshot import retrieve
-from zeroshot.embed import embed_texts, similarity
+from zeroshot.embed import embed_texts
+from zeroshot.retrieve_index import Searcher, search
 from zeroshot.limits import DEVSETS_DIR, MODEL_DIR
 
 from .devset import labelled
@@ -76,12 +77,13 @@ def synthesize(out: Path, sources: List[Path], n: int, seed: int = 0) -> None:
 
 
 def time_queries(model: Model, index_path: Path, queries: List[str]) -> Dict[str, float]:
-    """Mean milliseconds per query (encode text, score every image, top 10), one query at a time.
+    """Mean milliseconds per query (encode text, search the index, top 10), one query at a time.
 
     Wall time and this process's CPU time are both reported: on a shared machine
     the CPU time is the steadier estimate of what an idle core would take.
     """
-    index = retrieve.load_index(index_path)
+    store = retrieve.open_store(index_path, retrieve.model_signature(model, None))
+    searcher = Searcher(store, retrieve.is_cosine(model), model.threads)
     embed_texts(model, queries[:1])  # warm-up
     wall: Dict[str, List[float]] = {"encode": [], "score": []}
     cpu: Dict[str, List[float]] = {"encode": [], "score": []}
@@ -89,14 +91,13 @@ def time_queries(model: Model, index_path: Path, queries: List[str]) -> Dict[str
         t0, c0 = time.perf_counter(), time.process_time()
         vecs, _, _ = embed_texts(model, [text])
         t1, c1 = time.perf_counter(), time.process_time()
-        scores = similarity(model, index.vectors, vecs)
-        retrieve.top_k(scores[:, 0], 10)
+        search(searcher, vecs, 10, model.manifest.score)
         t2, c2 = time.perf_counter(), time.process_time()
         wall["encode"].append(t1 - t0)
         wall["score"].append(t2 - t1)
         cpu["encode"].append(c1 - c0)
         cpu["score"].append(c2 - c1)
-    report: Dict[str, float] = {"images": len(index.paths), "queries": len(queries)}
+    report: Dict[str, float] = {"images": len(store.files), "queries": len(queries)}
     for kind, times in (("wall", wall), ("cpu", cpu)):
         report[f"{kind}_ms_per_query"] = round(1000 * float(np.mean(np.add(times["encode"], times["score"]))), 1)
         report[f"{kind}_ms_text_encoding"] = round(1000 * float(np.mean(times["encode"])), 1)
@@ -110,18 +111,19 @@ def run(work: Path, model_dir: Path, n_synthetic: int, n_queries: int) -> Dict[s
     names, paths, labels = labelled()
     captions = work / "dev_captions.csv"
     rows = write_captions(captions, paths, names, labels)
-    dev_index = work / "dev.npz"
+    dev_index = work / "dev_index"
     report: Dict[str, Any] = {"caption_templates": list(CAPTION_TEMPLATES), "caption_rows": rows}
     retrieve.main(["--model", str(model_dir), "index", str(paths[0].parent), str(dev_index)])
     model = Model(model_dir)
     pairs, _ = retrieve.read_pairs(captions)
-    report["dev"] = retrieve.evaluate_pairs(model, retrieve.load_index(dev_index), pairs)
+    dev = retrieve.load_index(retrieve.open_store(dev_index, retrieve.model_signature(model, None)))
+    report["dev"] = retrieve.evaluate_pairs(model, dev, pairs)
     logger.info("dev set: %s", report["dev"])
     if n_synthetic:
         synth = work / "synthetic"
         synthesize(synth, paths, n_synthetic)
-        big = work / "synthetic.npz"
-        for attempt in ("index", "reindex"):  # "index" is a full build only when the index file is new
+        big = work / "synthetic_index"
+        for attempt in ("index", "reindex"):  # "index" is a full build only when the index folder is new
             t0 = time.perf_counter()
             retrieve.main(["--model", str(model_dir), "index", str(synth), str(big)])
             report[f"{attempt}_seconds"] = round(time.perf_counter() - t0, 1)
