@@ -401,3 +401,26 @@ def test_many_classes_are_matched_block_by_block_as_one_block(monkeypatch: pytes
     assert whole.any and blocks.matched.tolist() == whole.matched.tolist() and blocks.concepts == whole.concepts
     np.testing.assert_allclose(blocks.prototypes, whole.prototypes, atol=1e-6)
     assert len(whole.prototypes) == int(whole.matched.sum()) and 2 in whole.concepts[-1]
+
+
+def test_prototypes_of_another_feature_space_cost_the_bank_not_the_run(
+        scene: Dict[str, object], caplog: pytest.LogCaptureFixture) -> None:
+    """A bank whose prototypes do not have the image features' width (another model's, another rung's) is
+    refused by install, and when a model folder carries one anyway, predict runs without it."""
+    from train.visual_bank import add_to_model, write_bank
+
+    root = Path(scene["root"]) / "width"
+    write_bank(root / "bank", [{"ru": CAT, "synonyms": [], "source": "x", "repo": "x/x", "commit": "",
+                                "images": 8}], np.ones((1, 5)), {}, [], None)
+    model = Path(shutil.copytree(Path(scene["plain"]), root / "model"))
+    with pytest.raises(ValueError, match="16-d features, the bank's prototypes give 5"):
+        add_to_model(model, root / "bank", dict(SECTION))
+    banked = _with_bank(scene, Path(scene["plain"]), "width-model")
+    path = banked / "visual_bank.default.npy"
+    np.save(path, np.ones((3, 5), np.float16))
+    manifest = read_json(banked / MANIFEST_NAME)
+    manifest["files"]["visual_prototypes"].update(sha256=sha256_file(path), size=path.stat().st_size)
+    (banked / MANIFEST_NAME).write_text(json.dumps(manifest, ensure_ascii=False), encoding="utf-8")
+    caplog.clear()
+    assert _predict(scene, banked) == _predict(scene, Path(scene["plain"]))
+    assert "visual concept bank not used" in caplog.text and "5-d" in caplog.text

@@ -51,9 +51,10 @@ def write_manifest(model_dir: Path, files: Dict[str, str], sections: Dict[str, A
 
 
 def add_to_manifest(model_dir: Path, files: Dict[str, str], sections: Dict[str, Any],
-                    variant_files: Optional[Dict[str, Dict[str, str]]] = None) -> Manifest:
-    """Add files (role -> name inside ``model_dir``), top-level sections and per-variant files to an existing
-    manifest.json, checked through the runtime's type as :func:`write_manifest` writes it; returns it."""
+                    variant_files: Optional[Dict[str, Dict[str, Optional[str]]]] = None) -> Manifest:
+    """Add files (role -> name inside ``model_dir``), top-level sections and per-variant files (a None name
+    removes the variant's own file of that role) to an existing manifest.json, checked through the runtime's
+    type as :func:`write_manifest` writes it; returns it."""
     import json
 
     model_dir = Path(model_dir)
@@ -62,7 +63,10 @@ def add_to_manifest(model_dir: Path, files: Dict[str, str], sections: Dict[str, 
     manifest.update(sections)
     manifest["files"].update(_file_entries(model_dir, files))
     for name, vf in (variant_files or {}).items():
-        manifest["variants"][name]["files"].update(_file_entries(model_dir, vf))
+        own = manifest["variants"][name]["files"]
+        for role in [r for r, f in vf.items() if f is None]:
+            own.pop(role, None)
+        own.update(_file_entries(model_dir, {r: f for r, f in vf.items() if f is not None}))
     typed = Manifest.from_dict(manifest, path)
     path.write_text(typed.to_json(), encoding="utf-8")
     logger.info("updated %s: %s", path, sorted(files) + sorted(sections))

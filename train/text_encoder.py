@@ -102,13 +102,14 @@ def export_text_encoder(module: ConceptTextEncoder, out_path: Path, tok: Tokeniz
     opts = ort.SessionOptions()
     opts.intra_op_num_threads = 1  # the validation numbers go into the manifest: same on any core count
     session = ort.InferenceSession(str(out_path), sess_options=opts, providers=["CPUExecutionProvider"])
-    got = session.run([OUTPUT_NAME], feeds)[0]
+    got, got_names = session.run([OUTPUT_NAME, EMBEDDING_NAME], feeds)
     with torch.no_grad():
-        want = module(*example)[0].numpy()
-    diff = float(np.abs(got - want).max())
+        want, want_names = (t.numpy() for t in module(*example))
+    diff = float(max(np.abs(got - want).max(), np.abs(got_names - want_names).max()))
     agree = float((got.argmax(1) == want.argmax(1)).mean())
     if diff > PARITY_TOLERANCE:
         raise ValueError(f"{out_path}: onnxruntime differs from torch by {diff:.2e} > {PARITY_TOLERANCE:.0e}")
-    logger.info("text encoder %s: max |torch - onnxruntime| %.2e, top-1 agreement %.3f", out_path, diff, agree)
+    logger.info("text encoder %s: max |torch - onnxruntime| %.2e (class weights and name embeddings), top-1 "
+                "agreement %.3f", out_path, diff, agree)
     return {"max_abs_diff": diff, "tolerance": PARITY_TOLERANCE, "top1_agreement": agree,
             "opset": opset, "ir_version": ir_version, "check_texts": len(check_texts)}

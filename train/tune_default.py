@@ -191,7 +191,14 @@ class VisualSide:
         if not s.get("visual_bank"):
             return None
         cfg = read_section(VisualBankConfig, s["visual_bank"], "visual_bank")
-        protos = self.prototypes if dim == self.prototypes.shape[1] else self.prototypes[:, self.lite2]
+        lite2_only = {arch for arch, _, _ in s["members"]} == {"lite2"}
+        if s["features"] == "penultimate" and dim == self.prototypes.shape[1]:
+            protos = self.prototypes
+        elif s["features"] == "penultimate" and lite2_only and dim == self.lite2.stop - self.lite2.start:
+            protos = self.prototypes[:, self.lite2]
+        else:
+            logger.info("visual bank left out: its prototypes are not in this setting's feature space")
+            return None
         bank = Bank(self.names, self.sources, self.embeddings, protos, cfg, self.normalize_steps)
         key = tuple(classes)
         if key not in self.queries:

@@ -64,7 +64,8 @@ CONCEPTS_FILE = "concepts.json"
 PROTOTYPES_FILE = "prototypes.npy"
 DEFAULT_CACHE = Path("/tmp/bank_cache")
 ENCODE_RUNG = "ensemble-260"
-# The visual_bank section a bank gets when installed by hand (`install`); the default model's is in build_default.
+# The visual_bank section (but its embedding_output): the default model's (build_default.VISUAL_BANK, chosen
+# leave-one-set-out on the tuning suite, docs/visual-bank.md) and `install`'s defaults.
 DEFAULT_SECTION = {"threshold": 0.95, "scale": 30.0, "weight": 1.0, "margin": 0.02, "center": True}
 PER_CLASS = 16          # images per concept: a stable mean at a bounded encoding cost
 MIN_IMAGES = 8          # fewer left after decoding and de-duplication: the concept is dropped
@@ -360,12 +361,17 @@ def add_to_model(model_dir: Path, bank_dir: Path, section: Dict[str, object],
     np.save(model_dir / MODEL_NAMES, vecs.astype(np.float16))
     manifest = load_manifest(model_dir)
     slices = slices or {}
-    variant_files: Dict[str, Dict[str, str]] = {}
+    variant_files: Dict[str, Dict[str, Optional[str]]] = {}
     whole = (0, protos.shape[1])
     for variant in [None, *manifest.variants]:
         start, stop = slices.get(variant, whole)
+        width = Model(model_dir, threads=1, variant=variant, verify=False, spinning=False).features_width()
+        if width is not None and width != stop - start:
+            raise ValueError(f"{model_dir}: variant {variant or 'default'} makes {width}-d features, the bank's "
+                             f"prototypes give {stop - start}: build the bank with that variant (--rung)")
         if variant is not None and (start, stop) == slices.get(None, whole):
-            continue  # the defaults' file serves it
+            variant_files[variant] = {"visual_prototypes": None}  # the defaults' file serves it
+            continue
         part = protos[:, start:stop].astype(np.float32)
         part /= np.maximum(np.linalg.norm(part, axis=1, keepdims=True), 1e-12)
         np.save(model_dir / model_prototypes(variant), part.astype(np.float16))

@@ -232,7 +232,8 @@ def predict_all(args: argparse.Namespace, datasets: List[Dataset], problems: Lis
         logger.error("%s", exc)
         return 2
     total = sum(len(ds.images) for ds in datasets)
-    prompts = sum(len(ds.classes) for ds in datasets if ds.images) * len(model.text_cfg.templates)
+    per_class = len(model.text_cfg.templates) + (1 if model.bank is not None else 0)  # + the bank's name
+    prompts = sum(len(ds.classes) for ds in datasets if ds.images) * per_class
     cfg = model.image_cfg
     fast_ratio = (cfg.fast_size / cfg.size) ** 2 if cfg.fast_size else None
     budget = Budget(args.time_budget - (time.monotonic() - started), total, fast_ratio,

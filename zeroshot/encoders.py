@@ -95,14 +95,26 @@ class Model:
         _check_io(self._text, txt_path, text_inputs, self.text_cfg.output)
         self.head = load_head(self.dir, self.manifest, verify)
         self.bank: Optional[Bank] = None
-        try:  # optional: a damaged bank costs its gain, never the run
+        try:  # optional: a damaged or mismatched bank costs its gain, never the run
             self.bank = load_bank(self.dir, self.manifest, variant, verify)
             if self.bank is not None:
                 _check_io(self._text, txt_path, text_inputs, self.bank.cfg.embedding_output)
-        except (OSError, ValueError) as exc:
+                width = self.features_width()
+                if width is not None and width != self.bank.prototypes.shape[1]:
+                    raise ValueError(f"{self.dir}: the visual bank's prototypes are {self.bank.prototypes.shape[1]}-d, "
+                                     f"the image encoder's features {width}-d")
+        except Exception as exc:  # noqa: BLE001 - anything wrong with an optional file
             self.bank = None
             logger.warning("visual concept bank not used: %s", exc)
         self._text_dim: Optional[int] = None
+
+    def features_width(self) -> Optional[int]:
+        """F, the length of the image encoder's features (its ``features_output``, else its output), when the
+        graph states it."""
+        name = self._image_outputs[-1]
+        shape = next(o.shape for o in self._image.get_outputs() if o.name == name)
+        last = shape[-1] if shape else None
+        return int(last) if isinstance(last, int) else None
 
     @property
     def batch_size(self) -> int:

@@ -235,17 +235,23 @@ class _DatasetRun:
         time or at all (the dataset is then scored without the bank; the reason is one of its problems)."""
         started = time.monotonic()
         gate = ClassGate(self.budget, self.stop, started)
+        names = len(self.ds.classes)
+        vecs = None
         try:
             vecs = self.model.name_vectors(self.ds.classes, gate)
             if vecs is None:
-                self._problem(f"{self.ds.root}: concept bank not used: {gate.reason}")
+                self._problem(f"{self.ds.root}: visual concept bank not used: {gate.reason}")
                 return None
             return self.model.bank.match(self.ds.classes, vecs)
         except Exception as exc:  # the bank only adds to the zero-shot scores: without it the dataset still scores
-            self._problem(f"{self.ds.root}: concept bank not used: {type(exc).__name__}: {exc}")
+            self._problem(f"{self.ds.root}: visual concept bank not used: {type(exc).__name__}: {exc}")
             return None
         finally:
-            self.busy_s += time.monotonic() - started
+            seconds = time.monotonic() - started
+            self.busy_s += seconds
+            done = names if vecs is not None else gate.done
+            self.budget.record_prompts(done, seconds)
+            self.budget.record_prompts(names - done, 0.0, encoded=False)
 
     def _problem(self, message: str) -> None:
         logger.warning("%s", message)
@@ -321,8 +327,11 @@ class _DatasetRun:
         optional ``head``) whose classes match this dataset's replaces or adjusts them.
         """
         scores, model = self.scores, self.model
-        if model.bank is not None:
-            scores = bank_logits(scores, self.features, self.valid, self.match, model.bank.cfg)
+        if model.bank is not None and self.match is not None:
+            try:
+                scores = bank_logits(scores, self.features, self.valid, self.match, model.bank.cfg)
+            except Exception as exc:  # e.g. prototypes of another feature space: score without the bank
+                self._problem(f"{self.ds.root}: visual concept bank not used: {type(exc).__name__}: {exc}")
         if model.head is not None:
             scores = model.head.adjust(self.ds.classes, scores, self.features, self.valid,
                                        model.text_cfg.normalize)

@@ -114,7 +114,7 @@ class Bank:
                 pooled = chosen[ok].astype(np.float32) @ self.prototypes
                 protos.append(_unit(pooled / chosen[ok].sum(axis=1, keepdims=True)))
         width = self.prototypes.shape[1]
-        logger.info("concept bank: %d of %d class names matched", int(matched.sum()), len(names))
+        logger.info("visual concept bank: %d of %d class names matched", int(matched.sum()), len(names))
         return ClassMatch(np.concatenate(protos) if protos else np.zeros((0, width), np.float32), matched, concepts)
 
 
