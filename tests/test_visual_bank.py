@@ -424,3 +424,30 @@ def test_prototypes_of_another_feature_space_cost_the_bank_not_the_run(
     caplog.clear()
     assert _predict(scene, banked) == _predict(scene, Path(scene["plain"]))
     assert "visual concept bank not used" in caplog.text and "5-d" in caplog.text
+
+
+def test_install_on_a_laddered_model_gives_each_rung_its_slice_and_drops_stale_files(tmp_path: Path) -> None:
+    """A 32-d bank whose first 16 columns are the defaults' space and last 16 a rung's own: that rung gets its
+    own file; installed again with the defaults' slice for every rung, the rung's own file is dropped."""
+    from train.tiny_model import LADDER, build_tiny_model
+    from train.visual_bank import add_to_model, write_bank
+    from zeroshot.encoders import Model
+
+    model = tmp_path / "model"
+    build_tiny_model(model, ladder=True)
+    rung = list(LADDER)[-1]
+    rng = np.random.default_rng(0)
+    write_bank(tmp_path / "bank", [{"ru": n, "synonyms": [], "source": "x", "repo": "x/x", "commit": "",
+                                    "images": 8} for n in (CAT, TRACTOR)], rng.normal(size=(2, 32)), {}, [], None)
+    slices = {name: (0, 16) for name in [None, *LADDER]}
+    added = add_to_model(model, tmp_path / "bank", dict(SECTION), {**slices, rung: (16, 32)})
+    assert added["concepts"] == 2
+    manifest = Manifest.load(model)
+    assert manifest.file("visual_prototypes", rung).path != manifest.file("visual_prototypes").path
+    np.testing.assert_allclose(Model(model, threads=1, variant=rung).bank.prototypes,
+                               _unit(np.load(tmp_path / "bank" / "prototypes.npy").astype(np.float32)[:, 16:]),
+                               atol=1e-2)
+    add_to_model(model, tmp_path / "bank", dict(SECTION), slices)
+    manifest = Manifest.load(model)
+    assert all("visual_prototypes" not in v.files for v in manifest.variants.values())
+    assert Model(model, threads=1, variant=rung).bank.prototypes.shape == (2, 16)

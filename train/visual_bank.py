@@ -380,8 +380,9 @@ def add_to_model(model_dir: Path, bank_dir: Path, section: Dict[str, object],
     add_to_manifest(model_dir, {"visual_concepts": MODEL_CONCEPTS, "visual_names": MODEL_NAMES,
                                 "visual_prototypes": model_prototypes(None)},
                     {"visual_bank": section}, variant_files)
-    size = sum((model_dir / f).stat().st_size for f in [MODEL_CONCEPTS, MODEL_NAMES, model_prototypes(None)]
-               + [v["visual_prototypes"] for v in variant_files.values()])
+    written = [MODEL_CONCEPTS, MODEL_NAMES, model_prototypes(None)]
+    size = sum((model_dir / f).stat().st_size
+               for f in written + [v["visual_prototypes"] for v in variant_files.values() if v["visual_prototypes"]])
     logger.info("visual bank in %s: %d concepts, %d names, %.1f MB", model_dir, len(concepts), len(names), size / 1e6)
     return {"concepts": len(concepts), "names": len(names), "bytes": size}
 
