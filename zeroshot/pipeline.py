@@ -219,11 +219,7 @@ class _DatasetRun:
         try:
             vecs = self.model.class_vectors(self.ds.classes, gate)
         finally:
-            seconds = time.monotonic() - started
-            self.busy_s += seconds
-            done = prompts if vecs is not None else gate.done
-            self.budget.record_prompts(done, seconds)
-            self.budget.record_prompts(prompts - done, 0.0, encoded=False)
+            self._charge(started, prompts, prompts if vecs is not None else gate.done)
         if vecs is None:
             self._problem(f"{self.ds.root}: {gate.reason}; the dataset gets its prior class")
         elif self.model.bank is not None:
@@ -247,11 +243,14 @@ class _DatasetRun:
             self._problem(f"{self.ds.root}: visual concept bank not used: {type(exc).__name__}: {exc}")
             return None
         finally:
-            seconds = time.monotonic() - started
-            self.busy_s += seconds
-            done = names if vecs is not None else gate.done
-            self.budget.record_prompts(done, seconds)
-            self.budget.record_prompts(names - done, 0.0, encoded=False)
+            self._charge(started, names, names if vecs is not None else gate.done)
+
+    def _charge(self, started: float, prompts: int, done: int) -> None:
+        """Charge the budget for ``prompts`` text prompts begun at ``started``, of which ``done`` were encoded."""
+        seconds = time.monotonic() - started
+        self.busy_s += seconds
+        self.budget.record_prompts(done, seconds)
+        self.budget.record_prompts(prompts - done, 0.0, encoded=False)
 
     def _problem(self, message: str) -> None:
         logger.warning("%s", message)
