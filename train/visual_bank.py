@@ -11,8 +11,8 @@ scored: zeroshot.visual_bank's ``exclude``). For each class the images are taken
 from the snapshot's git objects (never a work tree); one whose difference hash is within ``DUPLICATE_BITS``
 bits of an image of the dev set or of a suite set is skipped (counted in the report), and the first
 ``PER_CLASS`` others are decoded and encoded by the runtime (zeroshot.embed.embed_images on the model
-folder's image encoder at ``--rung``). A concept is one (source, class): its prototype is the normalised mean of its images' unit
-features, kept in float16.
+folder's image encoder at ``--rung``). A concept is one (source, class): its prototype is the normalised
+mean of its images' unit features, kept in float16.
 
 Output (committed, beside the vocabulary lists; a fresh clone cannot reach the sources):
 ``train/vocab/visual_bank/concepts.json`` (per concept: Russian name, synonyms, source spec, repository,
@@ -54,6 +54,7 @@ from zeroshot.limits import DEVSETS_DIR, MODEL_DIR, SNAPSHOTS_DIR, SUITE_DIR
 from zeroshot.manifest import load_manifest
 from zeroshot.outputs import write_json_atomic
 from zeroshot.text import normalize_name
+from zeroshot.visual_bank import unit_rows
 
 logger = logging.getLogger(__name__)
 
@@ -200,9 +201,7 @@ def cached_encode(spec: Spec, git_dir: Path, model: Model, per_class: int, refer
 
 def prototype(features: np.ndarray) -> np.ndarray:
     """The normalised mean of the feature rows, each L2-normalised first."""
-    rows = features / np.maximum(np.linalg.norm(features, axis=1, keepdims=True), 1e-12)
-    mean = rows.mean(axis=0)
-    return mean / max(float(np.linalg.norm(mean)), 1e-12)
+    return unit_rows(unit_rows(features).mean(axis=0))
 
 
 def concepts_of(spec: Spec, enc: Encoded) -> Tuple[List[Dict[str, object]], List[np.ndarray]]:
@@ -357,23 +356,22 @@ def add_to_model(model_dir: Path, bank_dir: Path, section: Dict[str, object],
     model = Model(model_dir, threads=1, spinning=False)
     vecs = model.encode_texts([normalize_name(n, model.text_cfg.normalize) for n in names],
                               output=str(section["embedding_output"]))
-    vecs /= np.maximum(np.linalg.norm(vecs, axis=1, keepdims=True), 1e-12)
-    np.save(model_dir / MODEL_NAMES, vecs.astype(np.float16))
+    np.save(model_dir / MODEL_NAMES, unit_rows(vecs).astype(np.float16))
     manifest = load_manifest(model_dir)
     slices = slices or {}
     variant_files: Dict[str, Dict[str, Optional[str]]] = {}
     whole = (0, protos.shape[1])
     for variant in [None, *manifest.variants]:
         start, stop = slices.get(variant, whole)
-        width = Model(model_dir, threads=1, variant=variant, verify=False, spinning=False).features_width()
+        rung = model if variant is None else Model(model_dir, threads=1, variant=variant, verify=False, spinning=False)
+        width = rung.features_width()
         if width is not None and width != stop - start:
             raise ValueError(f"{model_dir}: variant {variant or 'default'} makes {width}-d features, the bank's "
                              f"prototypes give {stop - start}: build the bank with that variant (--rung)")
         if variant is not None and (start, stop) == slices.get(None, whole):
             variant_files[variant] = {"visual_prototypes": None}  # the defaults' file serves it
             continue
-        part = protos[:, start:stop].astype(np.float32)
-        part /= np.maximum(np.linalg.norm(part, axis=1, keepdims=True), 1e-12)
+        part = unit_rows(protos[:, start:stop].astype(np.float32))
         np.save(model_dir / model_prototypes(variant), part.astype(np.float16))
         if variant is not None:
             variant_files[variant] = {"visual_prototypes": model_prototypes(variant)}

@@ -8,7 +8,8 @@ variant may have its own). Built by train/visual_bank.py and train/build_default
 
 Per dataset, :meth:`Bank.match` gives each class the mean prototype of the concepts its name matches (or
 none), and :func:`bank_logits` turns the images' cosines to the matched prototypes into evidence among the
-matched classes, added to their logits; the transductive steps then refine as before. A class with no confident match keeps its zero-shot logits.
+matched classes, added to their logits; the transductive steps then refine as before. A class with no
+confident match keeps its zero-shot logits.
 """
 
 from __future__ import annotations
@@ -44,7 +45,8 @@ class ClassMatch:
         return bool(self.matched.any())
 
 
-def _unit(x: np.ndarray) -> np.ndarray:
+def unit_rows(x: np.ndarray) -> np.ndarray:
+    """Each row (last axis) L2-normalised; a zero row stays zero."""
     return x / np.maximum(np.linalg.norm(x, axis=-1, keepdims=True), _EPS)
 
 
@@ -62,8 +64,8 @@ class Bank:
             raise ValueError(f"bank: {len(embeddings)} name embeddings for {len(self.entry_text)} names")
         if len(prototypes) != len(names):
             raise ValueError(f"bank: {len(prototypes)} prototypes for {len(names)} concepts")
-        self.embeddings = _unit(embeddings.astype(np.float32))
-        self.prototypes = _unit(prototypes.astype(np.float32))
+        self.embeddings = unit_rows(embeddings.astype(np.float32))
+        self.prototypes = unit_rows(prototypes.astype(np.float32))
         self.concept_starts = np.flatnonzero(np.r_[True, self.entry_concept[1:] != self.entry_concept[:-1]])
         self.entries_named: Dict[str, List[int]] = {}
         for e, text in enumerate(self.entry_text):
@@ -83,7 +85,7 @@ class Bank:
         """
         if not len(self.sources):
             return np.zeros((len(names), 0), dtype=np.float32)
-        sims = _unit(name_vecs.astype(np.float32)) @ self.embeddings.T
+        sims = unit_rows(name_vecs.astype(np.float32)) @ self.embeddings.T
         for c, name in enumerate(names):
             sims[c, self.entries_named.get(normalize_name(name, self.normalize), [])] = 1.0
         scores = np.maximum.reduceat(sims, self.concept_starts, axis=1)  # entries are grouped by concept
@@ -112,7 +114,7 @@ class Bank:
             concepts += [np.flatnonzero(row).tolist() for row in chosen]
             if ok.any():
                 pooled = chosen[ok].astype(np.float32) @ self.prototypes
-                protos.append(_unit(pooled / chosen[ok].sum(axis=1, keepdims=True)))
+                protos.append(unit_rows(pooled / chosen[ok].sum(axis=1, keepdims=True)))
         width = self.prototypes.shape[1]
         logger.info("visual concept bank: %d of %d class names matched", int(matched.sum()), len(names))
         return ClassMatch(np.concatenate(protos) if protos else np.zeros((0, width), np.float32), matched, concepts)
@@ -132,12 +134,12 @@ def bank_logits(logits: np.ndarray, features: Optional[np.ndarray], valid: np.nd
     """
     if match is None or features is None or not match.any or not valid.any():
         return logits
-    f = _unit(features[valid].astype(np.float32))
+    f = unit_rows(features[valid].astype(np.float32))
     protos = match.prototypes
     if cfg.center:
         mean = f.mean(axis=0, keepdims=True)
         f, protos = f - mean, protos - mean
-    z = cfg.scale * (_unit(f) @ _unit(protos).T)
+    z = cfg.scale * (unit_rows(f) @ unit_rows(protos).T)
     z -= z.max(axis=1, keepdims=True)
     log_p = z - np.log(np.exp(z).sum(axis=1, keepdims=True))
     out = logits.astype(np.float32, copy=True)
